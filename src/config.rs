@@ -1,0 +1,267 @@
+//! The router's configuration: the TOML schema users write, and loading it.
+//!
+//! Loading happens in three steps, each of which collects every problem it
+//! finds instead of stopping at the first:
+//!
+//! 1. [`load::parse`] reads the TOML syntax (recovering after errors);
+//! 2. each section and each `[[routes]]` entry is deserialized on its own, so
+//!    an unknown key in one route does not hide a bad value in the next;
+//! 3. [`validate`] checks what types cannot: unique names, conflicting paths,
+//!    `service` xor `targets`, templated services with an `allow_services`
+//!    guard, and so on.
+//!
+//! Every problem carries the line and column it refers to (see [`Problem`]).
+
+mod load;
+mod validate;
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::aggregate::Policy;
+
+/// A whole router configuration file, after successful validation.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// The `[server]` table: listeners and request limits.
+    pub server: ServerConfig,
+    /// The `[dns]` table: how headless Services are resolved.
+    pub dns: DnsConfig,
+    /// The `[[routes]]` array: one entry per broadcast endpoint.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The `[server]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address the broadcast routes are served on.
+    pub listen: SocketAddr,
+    /// Address of the admin endpoints (`/healthz`, `/readyz`, `/metrics`);
+    /// never shared with broadcast routes.
+    pub admin_listen: SocketAddr,
+    /// Largest request body accepted; larger bodies get 413.
+    pub max_body_bytes: ByteSize,
+    /// How long in-flight broadcasts may run after SIGTERM before exit.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
+            max_body_bytes: ByteSize::mib(1),
+            shutdown_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// The `[dns]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// Name servers to query (`"ip"` or `"ip:port"`); empty means the
+    /// system resolver configuration (`/etc/resolv.conf`, as in a pod).
+    pub nameservers: Vec<NameServer>,
+    /// Lower clamp of record TTLs used for caching answers.
+    #[serde(with = "humantime_serde")]
+    pub min_ttl: Duration,
+    /// Upper clamp of record TTLs used for caching answers.
+    #[serde(with = "humantime_serde")]
+    pub max_ttl: Duration,
+    /// How long the last good answer keeps being used while DNS fails.
+    #[serde(with = "humantime_serde")]
+    pub serve_stale_for: Duration,
+    /// Timeout of one DNS query.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// How many times one lookup is attempted before it counts as failed.
+    pub attempts: usize,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        Self {
+            nameservers: Vec::new(),
+            min_ttl: Duration::from_secs(1),
+            max_ttl: Duration::from_secs(30),
+            serve_stale_for: Duration::from_secs(300),
+            timeout: Duration::from_secs(2),
+            attempts: 2,
+        }
+    }
+}
+
+/// One name server address from `[dns] nameservers`; the port defaults to 53.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NameServer(pub SocketAddr);
+
+impl TryFrom<String> for NameServer {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            return Ok(Self(addr));
+        }
+        text.parse::<IpAddr>()
+            .map(|ip| Self(SocketAddr::new(ip, 53)))
+            .map_err(|_| format!("`{text}` is not a name server address (\"ip\" or \"ip:port\")"))
+    }
+}
+
+/// One `[[routes]]` entry: a path that broadcasts to a set of pods.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique name, used in logs, metrics and the answer document.
+    pub name: String,
+    /// Path in axum syntax; `{name}` captures a segment, `{*rest}` the rest.
+    pub path: String,
+    /// HTTP methods the route accepts.
+    #[serde(default = "default_methods")]
+    pub methods: Vec<String>,
+    /// Headless Service name to resolve, e.g. `web.default.svc.cluster.local`.
+    /// May contain `{service}`, filled from the path's `{service}` capture.
+    pub service: Option<String>,
+    /// Static targets (`"ip:port"`, or `"ip"` with `port`), instead of `service`.
+    pub targets: Option<Vec<String>>,
+    /// Port the pods listen on; required with `service`.
+    pub port: Option<u16>,
+    /// Path (and query) sent to pods; may use `{rest}` and `{service}`.
+    /// Default: the received path and query.
+    pub upstream_path: Option<String>,
+    /// For templated services: the service names (exact or glob) that may be
+    /// addressed. Anything else is refused with 403 before any DNS query.
+    #[serde(default)]
+    pub allow_services: Vec<String>,
+    /// Timeout of one attempt to one pod.
+    #[serde(default = "default_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Retries per pod after a connect error, timeout, or 502/503/504.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// Base delay of the exponential backoff between retries (with jitter).
+    #[serde(default = "default_retry_backoff", with = "humantime_serde")]
+    pub retry_backoff: Duration,
+    /// Most pod requests in flight at once for one broadcast.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Time budget of the whole broadcast, retries included.
+    #[serde(default = "default_deadline", with = "humantime_serde")]
+    pub deadline: Duration,
+    /// How the pods' outcomes become the answer's verdict.
+    #[serde(default)]
+    pub policy: Policy,
+    /// How much of each pod's response body the answer includes.
+    #[serde(default = "default_max_pod_body_bytes")]
+    pub max_pod_body_bytes: ByteSize,
+}
+
+fn default_methods() -> Vec<String> {
+    vec!["POST".to_owned()]
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_retries() -> u32 {
+    2
+}
+fn default_retry_backoff() -> Duration {
+    Duration::from_millis(50)
+}
+fn default_concurrency() -> usize {
+    64
+}
+fn default_deadline() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_pod_body_bytes() -> ByteSize {
+    ByteSize::kib(4)
+}
+
+impl Config {
+    /// Reads, parses and validates the configuration file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|problems| ConfigError::Invalid {
+            path: path.display().to_string(),
+            problems,
+        })
+    }
+
+    /// Parses and validates configuration text, reporting every problem.
+    pub fn parse(text: &str) -> Result<Self, Problems> {
+        load::parse(text)
+    }
+
+    /// Looks a route up by name.
+    pub fn route(&self, name: &str) -> Option<&RouteConfig> {
+        self.routes.iter().find(|route| route.name == name)
+    }
+}
+
+/// Why a configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: cannot read the file: {source}")]
+    Read {
+        /// The file's path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file was read but has problems; all of them are listed.
+    #[error("config {path}: {problems}")]
+    Invalid {
+        /// The file's path.
+        path: String,
+        /// Every problem found.
+        problems: Problems,
+    },
+}
+
+/// One problem in a configuration file, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line of the offending key or value.
+    pub line: usize,
+    /// 1-based column (in characters) of the offending key or value.
+    pub column: usize,
+    /// What is wrong and, where possible, what to do instead.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+    }
+}
+
+/// Every problem found in one configuration, in file order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let count = self.0.len();
+        write!(f, "{count} problem{}", if count == 1 { "" } else { "s" })?;
+        for problem in &self.0 {
+            write!(f, "\n  {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}

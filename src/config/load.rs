@@ -1,0 +1,199 @@
+//! Parsing: TOML text to typed sections, keeping where every value came from.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use super::{Config, Problem, Problems, RouteConfig, validate};
+
+/// Parses `text` section by section, then validates the result.
+pub(super) fn parse(text: &str) -> Result<Config, Problems> {
+    let mut sink = Sink::new(text);
+    let (document, syntax_errors) = DeTable::parse_recoverable(text);
+    for error in &syntax_errors {
+        sink.toml_error(error, 0..0);
+    }
+    if !syntax_errors.is_empty() {
+        // The tree after a syntax error is a guess; checking it would only
+        // produce confusing follow-up problems.
+        return Err(sink.finish());
+    }
+
+    let mut config = Config::default();
+    let mut route_values = Vec::new();
+    for (key, value) in document.get_ref().iter() {
+        match key.get_ref().as_ref() {
+            "server" => {
+                if let Some(server) = sink.deserialize(value) {
+                    config.server = server;
+                }
+            }
+            "dns" => {
+                if let Some(dns) = sink.deserialize(value) {
+                    config.dns = dns;
+                }
+            }
+            "routes" => match value.get_ref() {
+                DeValue::Array(routes) => {
+                    for route in routes.iter() {
+                        if let Some(parsed) = sink.deserialize::<RouteConfig>(route) {
+                            config.routes.push(parsed);
+                            route_values.push(route);
+                        }
+                    }
+                }
+                _ => sink.push(
+                    value.span(),
+                    "`routes` must be an array of tables, written as [[routes]] sections",
+                ),
+            },
+            other => sink.push(
+                key.span(),
+                format!("unknown top-level key `{other}`; expected `server`, `dns` or `routes`"),
+            ),
+        }
+    }
+
+    let spans = Spans {
+        root: document.get_ref(),
+        routes: route_values,
+    };
+    validate::validate(&config, &spans, &mut sink);
+    if sink.is_empty() {
+        Ok(config)
+    } else {
+        Err(sink.finish())
+    }
+}
+
+/// Finds the source position of configuration values for validation messages.
+pub(super) struct Spans<'a> {
+    root: &'a DeTable<'a>,
+    /// The TOML value of each successfully parsed route, in `Config::routes` order.
+    routes: Vec<&'a Spanned<DeValue<'a>>>,
+}
+
+impl Spans<'_> {
+    /// The span of `[section] key`, or of the section, or of the file start.
+    pub(super) fn section(&self, section: &str, key: &str) -> Range<usize> {
+        match self.root.get(section) {
+            Some(table) => field(table, key).unwrap_or_else(|| table.span()),
+            None => 0..0,
+        }
+    }
+
+    /// The span of route `index`'s `key`, or of the route itself.
+    pub(super) fn route(&self, index: usize, key: &str) -> Range<usize> {
+        let route = self.routes[index];
+        field(route, key).unwrap_or_else(|| route.span())
+    }
+
+    /// The span of element `item` of route `index`'s array `key`.
+    pub(super) fn route_item(&self, index: usize, key: &str, item: usize) -> Range<usize> {
+        let route = self.routes[index];
+        let element = table_value(route, key).and_then(|value| match value.get_ref() {
+            DeValue::Array(array) => array.get(item).map(Spanned::span),
+            _ => None,
+        });
+        element.unwrap_or_else(|| self.route(index, key))
+    }
+}
+
+fn table_value<'a>(value: &'a Spanned<DeValue<'a>>, key: &str) -> Option<&'a Spanned<DeValue<'a>>> {
+    match value.get_ref() {
+        DeValue::Table(table) => table.get(key),
+        _ => None,
+    }
+}
+
+fn field(value: &Spanned<DeValue<'_>>, key: &str) -> Option<Range<usize>> {
+    table_value(value, key).map(Spanned::span)
+}
+
+/// Collects problems, turning byte offsets into lines and columns.
+pub(super) struct Sink<'t> {
+    text: &'t str,
+    problems: Vec<(Range<usize>, String)>,
+}
+
+impl<'t> Sink<'t> {
+    fn new(text: &'t str) -> Self {
+        Self {
+            text,
+            problems: Vec::new(),
+        }
+    }
+
+    /// Records a problem at `span`.
+    pub(super) fn push(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.problems.push((span, message.into()));
+    }
+
+    fn toml_error(&mut self, error: &toml::de::Error, fallback: Range<usize>) {
+        let message = error.message().trim_end().to_owned();
+        self.push(error.span().unwrap_or(fallback), message);
+    }
+
+    /// Deserializes one section, recording its problem if it does not fit.
+    fn deserialize<T: for<'de> Deserialize<'de>>(
+        &mut self,
+        value: &Spanned<DeValue<'_>>,
+    ) -> Option<T> {
+        let span = value.span();
+        match T::deserialize(value.clone().into_deserializer()) {
+            Ok(parsed) => Some(parsed),
+            Err(error) => {
+                self.toml_error(&error, span);
+                None
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    fn finish(self) -> Problems {
+        let mut problems: Vec<Problem> = self
+            .problems
+            .iter()
+            .map(|(span, message)| {
+                let (line, column) = line_column(self.text, span.start);
+                Problem {
+                    line,
+                    column,
+                    message: message.clone(),
+                }
+            })
+            .collect();
+        problems.sort_by_key(|problem| (problem.line, problem.column));
+        problems.dedup();
+        Problems(problems)
+    }
+}
+
+/// The 1-based line and character column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line_start = before.rfind('\n').map_or(0, |newline| newline + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_column;
+
+    #[test]
+    fn line_column_counts_from_one() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        assert_eq!(line_column(text, 10), (2, 4));
+    }
+}

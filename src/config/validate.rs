@@ -1,0 +1,342 @@
+//! Semantic checks that the TOML types alone cannot express.
+//!
+//! Every check records its problem and carries on, so one run of
+//! `broadcast-router check` lists everything that needs fixing.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use axum::http::Method;
+
+use super::load::{Sink, Spans};
+use super::{Config, RouteConfig};
+use crate::aggregate::{Policy, Quorum};
+use crate::route::{SERVICE_PLACEHOLDER, parse_static_target, valid_service_name};
+
+pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) {
+    if config.server.listen == config.server.admin_listen {
+        sink.push(
+            spans.section("server", "admin_listen"),
+            "`admin_listen` must differ from `listen`: admin endpoints are never mixed with routes",
+        );
+    }
+    if config.server.max_body_bytes.as_u64() == 0 {
+        sink.push(
+            spans.section("server", "max_body_bytes"),
+            "`max_body_bytes` must be larger than 0",
+        );
+    }
+    let dns = &config.dns;
+    if dns.min_ttl > dns.max_ttl {
+        sink.push(
+            spans.section("dns", "min_ttl"),
+            format!(
+                "`min_ttl` ({}) is larger than `max_ttl` ({})",
+                humantime::format_duration(dns.min_ttl),
+                humantime::format_duration(dns.max_ttl)
+            ),
+        );
+    }
+    if dns.max_ttl.is_zero() {
+        sink.push(spans.section("dns", "max_ttl"), "`max_ttl` must be larger than 0");
+    }
+    if dns.timeout.is_zero() {
+        sink.push(spans.section("dns", "timeout"), "`timeout` must be larger than 0");
+    }
+    if dns.attempts == 0 {
+        sink.push(spans.section("dns", "attempts"), "`attempts` must be at least 1");
+    }
+
+    let mut names = HashMap::new();
+    let mut paths = PathTable::default();
+    for (index, route) in config.routes.iter().enumerate() {
+        let mut check = RouteCheck {
+            index,
+            route,
+            spans,
+            sink: &mut *sink,
+        };
+        check.name(&mut names);
+        let methods = check.methods();
+        check.path(&mut paths, &methods);
+        check.targets();
+        check.upstream_path();
+        check.limits();
+    }
+}
+
+/// Paths registered so far, with the methods each accepts.
+#[derive(Default)]
+struct PathTable {
+    matcher: matchit::Router<usize>,
+    methods: HashMap<String, (usize, HashSet<Method>)>,
+}
+
+struct RouteCheck<'a, 's, 't> {
+    index: usize,
+    route: &'a RouteConfig,
+    spans: &'a Spans<'s>,
+    sink: &'a mut Sink<'t>,
+}
+
+impl RouteCheck<'_, '_, '_> {
+    fn problem(&mut self, key: &str, message: impl std::fmt::Display) {
+        let span = self.spans.route(self.index, key);
+        self.sink
+            .push(span, format!("route \"{}\": {message}", self.route.name));
+    }
+
+    fn name(&mut self, seen: &mut HashMap<String, usize>) {
+        let name = &self.route.name;
+        let well_formed = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        if !well_formed {
+            self.problem(
+                "name",
+                "`name` must be 1 to 64 characters of letters, digits, `-` and `_`",
+            );
+        }
+        if let Some(first) = seen.insert(name.clone(), self.index) {
+            self.problem(
+                "name",
+                format!(
+                    "the name is already used by route #{}; names must be unique",
+                    first + 1
+                ),
+            );
+        }
+    }
+
+    fn methods(&mut self) -> HashSet<Method> {
+        let mut methods = HashSet::new();
+        if self.route.methods.is_empty() {
+            self.problem("methods", "`methods` must name at least one HTTP method");
+        }
+        for (item, name) in self.route.methods.iter().enumerate() {
+            let upper = name.to_ascii_uppercase();
+            let known = matches!(
+                upper.as_str(),
+                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
+            );
+            if known && *name == upper {
+                methods.insert(Method::from_bytes(upper.as_bytes()).expect("known method"));
+            } else {
+                let span = self.spans.route_item(self.index, "methods", item);
+                self.sink.push(
+                    span,
+                    format!(
+                        "route \"{}\": `{name}` is not a supported method; use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS",
+                        self.route.name
+                    ),
+                );
+            }
+        }
+        methods
+    }
+
+    fn path(&mut self, table: &mut PathTable, methods: &HashSet<Method>) {
+        let path = &self.route.path;
+        if !path.starts_with('/') {
+            self.problem("path", format!("`path` must start with `/`, got `{path}`"));
+            return;
+        }
+        if let Some(segment) = path
+            .split('/')
+            .find(|segment| segment.starts_with(':') || segment.starts_with('*'))
+        {
+            self.problem(
+                "path",
+                format!(
+                    "`{segment}` is the old capture syntax; write `{{name}}` or `{{*rest}}`"
+                ),
+            );
+            return;
+        }
+        match table.methods.get_mut(path) {
+            Some((first, existing)) => {
+                let first = *first;
+                let overlap: Vec<_> = existing.intersection(methods).cloned().collect();
+                existing.extend(methods.iter().cloned());
+                if !overlap.is_empty() {
+                    let overlap: Vec<_> = overlap.iter().map(Method::as_str).collect();
+                    self.problem(
+                        "path",
+                        format!(
+                            "`{path}` with {} is already served by route #{}",
+                            overlap.join(", "),
+                            first + 1
+                        ),
+                    );
+                }
+            }
+            None => match table.matcher.insert(path.clone(), self.index) {
+                Ok(()) => {
+                    table
+                        .methods
+                        .insert(path.clone(), (self.index, methods.clone()));
+                }
+                Err(error) => self.problem("path", format!("`path` `{path}` is unusable: {error}")),
+            },
+        }
+    }
+
+    fn targets(&mut self) {
+        let route = self.route;
+        match (&route.service, &route.targets) {
+            (Some(_), Some(_)) => {
+                self.problem(
+                    "targets",
+                    "`service` and `targets` are exclusive; use one or the other",
+                );
+            }
+            (None, None) => {
+                self.problem(
+                    "name",
+                    "the route has no pods: set `service` (a headless Service) or `targets` (a static list)",
+                );
+            }
+            (Some(service), None) => self.service(service),
+            (None, Some(targets)) => self.static_targets(targets),
+        }
+        let templated = route
+            .service
+            .as_deref()
+            .is_some_and(|service| service.contains(SERVICE_PLACEHOLDER));
+        if !templated && !route.allow_services.is_empty() {
+            self.problem(
+                "allow_services",
+                "`allow_services` only applies to a templated `service` containing `{service}`",
+            );
+        }
+    }
+
+    fn service(&mut self, service: &str) {
+        let route = self.route;
+        if route.port.is_none() {
+            self.problem(
+                "service",
+                "a `service` route needs `port`, the port the pods listen on",
+            );
+        }
+        let templated = service.contains(SERVICE_PLACEHOLDER);
+        let sample = service.replace(SERVICE_PLACEHOLDER, "sample");
+        if !valid_service_name(&sample) {
+            self.problem(
+                "service",
+                format!(
+                    "`{service}` is not a DNS name (lowercase labels of letters, digits and `-`, separated by dots)"
+                ),
+            );
+        }
+        if !templated {
+            return;
+        }
+        if !route.path.contains(SERVICE_PLACEHOLDER) {
+            self.problem(
+                "service",
+                "a templated `service` needs a `{service}` capture in `path`, e.g. path = \"/{service}/{*rest}\"",
+            );
+        }
+        if route.allow_services.is_empty() {
+            self.problem(
+                "service",
+                "a templated `service` needs `allow_services`; without it the router is an open proxy into the cluster",
+            );
+        }
+        for (item, pattern) in route.allow_services.iter().enumerate() {
+            if let Err(error) = glob::Pattern::new(pattern) {
+                let span = self.spans.route_item(self.index, "allow_services", item);
+                self.sink.push(
+                    span,
+                    format!(
+                        "route \"{}\": `{pattern}` is not a valid glob: {error}",
+                        route.name
+                    ),
+                );
+            }
+        }
+    }
+
+    fn static_targets(&mut self, targets: &[String]) {
+        if targets.is_empty() {
+            self.problem("targets", "`targets` must list at least one pod");
+        }
+        let mut seen = HashSet::new();
+        for (item, target) in targets.iter().enumerate() {
+            let problem = match parse_static_target(target, self.route.port) {
+                Ok(addr) if !seen.insert(addr) => Some(format!("`{target}` is listed twice")),
+                Ok(_) => None,
+                Err(message) => Some(message),
+            };
+            if let Some(message) = problem {
+                let span = self.spans.route_item(self.index, "targets", item);
+                self.sink
+                    .push(span, format!("route \"{}\": {message}", self.route.name));
+            }
+        }
+        if let Policy::Quorum(Quorum::Count(count)) = self.route.policy
+            && !targets.is_empty()
+            && count > targets.len()
+        {
+            self.problem(
+                "policy",
+                format!(
+                    "a quorum of {count} can never be met by {} static targets",
+                    targets.len()
+                ),
+            );
+        }
+    }
+
+    fn upstream_path(&mut self) {
+        let Some(upstream) = &self.route.upstream_path else {
+            return;
+        };
+        if !upstream.starts_with('/') {
+            self.problem(
+                "upstream_path",
+                format!("`upstream_path` must start with `/`, got `{upstream}`"),
+            );
+        }
+        let mut rest = upstream.as_str();
+        while let Some(open) = rest.find('{') {
+            let after = &rest[open + 1..];
+            let Some(close) = after.find('}') else {
+                self.problem("upstream_path", "`upstream_path` has an unclosed `{`");
+                return;
+            };
+            let name = &after[..close];
+            let captured = self.route.path.contains(&format!("{{{name}}}"))
+                || self.route.path.contains(&format!("{{*{name}}}"));
+            if !captured {
+                self.problem(
+                    "upstream_path",
+                    format!("`{{{name}}}` in `upstream_path` is not captured by `path`"),
+                );
+            }
+            rest = &after[close + 1..];
+        }
+    }
+
+    fn limits(&mut self) {
+        let route = self.route;
+        if route.timeout.is_zero() {
+            self.problem("timeout", "`timeout` must be larger than 0");
+        }
+        if route.deadline.is_zero() {
+            self.problem("deadline", "`deadline` must be larger than 0");
+        }
+        if route.concurrency == 0 {
+            self.problem("concurrency", "`concurrency` must be at least 1");
+        }
+        if route.retries > 10 {
+            self.problem("retries", "`retries` above 10 is not allowed");
+        }
+        if route.retry_backoff > Duration::from_secs(10) {
+            self.problem("retry_backoff", "`retry_backoff` above 10s is not allowed");
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Discovery: turning a route's [`TargetSource`] into the list of pods to
+//! deliver to right now.
+//!
+//! Headless Services are resolved through DNS ([`dns::DnsCache`]: A and
+//! AAAA, cached by TTL, refreshed in the background, served stale while DNS
+//! fails). Static `targets` skip DNS but yield the same [`Target`] records,
+//! so everything after discovery treats both alike. Targets are
+//! de-duplicated and sorted, so a broadcast's order is deterministic.
+
+pub mod dns;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::config::DnsConfig;
+use crate::route::TargetSource;
+
+/// One pod a broadcast is delivered to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The pod's address and port.
+    pub addr: SocketAddr,
+    /// The Service name it was discovered under (`None` for static targets).
+    pub service: Option<Arc<str>>,
+    /// Position in the broadcast's target list.
+    pub index: usize,
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // `SocketAddr` already writes IPv6 as `[addr]:port`, as URLs need.
+        self.addr.fmt(f)
+    }
+}
+
+/// Why a route's pods could not be found. Both mean "answer 503".
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// DNS answered authoritatively that the Service has no pods.
+    #[error("service `{service}` has no pods: DNS returned no A/AAAA records")]
+    NoPods {
+        /// The Service name.
+        service: String,
+    },
+    /// DNS could not be asked, and no recent answer is left to fall back on.
+    #[error("service `{service}` cannot be resolved: {source}")]
+    Dns {
+        /// The Service name.
+        service: String,
+        /// What the resolver reported.
+        source: dns::LookupError,
+    },
+}
+
+/// Finds the pods of every route.
+pub struct Discovery {
+    dns: Arc<dns::DnsCache>,
+}
+
+impl Discovery {
+    /// Builds the DNS resolver from the `[dns]` settings.
+    pub fn new(config: &DnsConfig) -> Result<Self, dns::LookupError> {
+        Ok(Self {
+            dns: Arc::new(dns::DnsCache::new(config)?),
+        })
+    }
+
+    /// The pods to broadcast to. `service` is the resolved Service name for
+    /// DNS routes (see [`crate::route::Route::service_name`]).
+    pub async fn targets(
+        &self,
+        source: &TargetSource,
+        service: Option<&str>,
+    ) -> Result<Vec<Target>, DiscoveryError> {
+        match (source, service) {
+            (TargetSource::Fixed(addrs), _) => Ok(targets(addrs.iter().copied(), None)),
+            (TargetSource::Service { name, port }, resolved) => {
+                let service = resolved.unwrap_or(name);
+                let ips = self
+                    .dns
+                    .lookup(service)
+                    .await
+                    .map_err(|source| DiscoveryError::Dns {
+                        service: service.to_owned(),
+                        source,
+                    })?;
+                if ips.is_empty() {
+                    return Err(DiscoveryError::NoPods {
+                        service: service.to_owned(),
+                    });
+                }
+                let addrs = ips.iter().map(|ip| SocketAddr::new(*ip, *port));
+                Ok(targets(addrs, Some(service.into())))
+            }
+        }
+    }
+}
+
+/// Sorts, de-duplicates and numbers addresses.
+fn targets(addrs: impl Iterator<Item = SocketAddr>, service: Option<Arc<str>>) -> Vec<Target> {
+    let mut addrs: Vec<SocketAddr> = addrs.collect();
+    addrs.sort_unstable();
+    addrs.dedup();
+    addrs
+        .into_iter()
+        .enumerate()
+        .map(|(index, addr)| Target {
+            addr,
+            service: service.clone(),
+            index,
+        })
+        .collect()
+}

@@ -1,0 +1,412 @@
+//! Fan-out: delivering one request to every target, concurrently.
+//!
+//! One pooled HTTP client (keep-alive) serves every broadcast. Each target
+//! gets a [`Delivery`]: up to `1 + retries` attempts, each bounded by the
+//! route's `timeout`, retried after a connect error, a timeout or a
+//! 502/503/504 with exponential backoff and jitter. At most `concurrency`
+//! attempts of one broadcast are in flight at once (backoff sleeps do not
+//! hold a slot), and nothing outlives the broadcast's `deadline`: a target
+//! still waiting or mid-attempt then gets the `deadline` error. Every target
+//! always gets exactly one outcome.
+//!
+//! The request body is shared by all pods ([`Bytes`] is reference-counted),
+//! never copied per pod.
+
+pub mod headers;
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::{HeaderMap, Method, StatusCode};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::discovery::Target;
+
+/// Per-broadcast limits, from the route's configuration.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Timeout of one attempt to one pod (connect to end of body).
+    pub timeout: Duration,
+    /// Retries per pod after a retryable failure.
+    pub retries: u32,
+    /// Base delay of the exponential backoff.
+    pub retry_backoff: Duration,
+    /// Most attempts in flight at once.
+    pub concurrency: usize,
+    /// Budget of the whole broadcast.
+    pub deadline: Duration,
+    /// How much of each pod's body is kept for the answer.
+    pub max_pod_body_bytes: usize,
+}
+
+/// What every pod of one broadcast receives (before per-pod addressing).
+#[derive(Debug)]
+pub struct PodRequest {
+    /// The HTTP method.
+    pub method: Method,
+    /// Path and query, e.g. `/cache-invalidation?key=1`.
+    pub path_and_query: String,
+    /// Headers, already filtered and extended by [`headers::forwarded`].
+    pub headers: HeaderMap,
+    /// The body, shared by every pod.
+    pub body: Bytes,
+}
+
+/// The outcome of delivering to one target.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Status of the last answer received, if any.
+    pub status: Option<StatusCode>,
+    /// Attempts made (0 when the deadline passed before the first).
+    pub attempts: u32,
+    /// Time from the broadcast's start to this outcome.
+    pub latency: Duration,
+    /// Why the delivery failed; `None` means the pod answered 2xx.
+    pub error: Option<DeliveryError>,
+    /// The start of the last answer's body.
+    pub body: Option<PodBody>,
+}
+
+impl Delivery {
+    /// Whether the pod answered 2xx.
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none()
+    }
+
+    /// A label for metrics: `success` or the error kind.
+    pub fn outcome(&self) -> &'static str {
+        self.error.as_ref().map_or("success", |error| error.kind.as_str())
+    }
+}
+
+/// The kept start of a pod's response body.
+#[derive(Debug, Clone)]
+pub struct PodBody {
+    /// Up to `max_pod_body_bytes` bytes.
+    pub bytes: Bytes,
+    /// Whether the body was longer than what is kept.
+    pub truncated: bool,
+}
+
+/// A failed delivery: what kind of failure, and a readable detail.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind}: {detail}")]
+pub struct DeliveryError {
+    /// The category, one of a small fixed set.
+    pub kind: ErrorKind,
+    /// What happened, e.g. "connection refused".
+    pub detail: String,
+}
+
+/// The fixed set of delivery failure categories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// No connection could be made (refused, unreachable).
+    Connect,
+    /// An attempt took longer than the route's `timeout`.
+    Timeout,
+    /// The pod answered with a non-2xx status.
+    Status,
+    /// The connection broke mid-exchange (reset, closed early).
+    Reset,
+    /// The broadcast's `deadline` passed before the pod answered.
+    Deadline,
+    /// The pod's answer was not valid HTTP.
+    Protocol,
+}
+
+impl ErrorKind {
+    /// The kind's name, as in the answer document and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Status => "status",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Deadline => "deadline",
+            ErrorKind::Protocol => "protocol",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The shared delivery machinery.
+#[derive(Clone)]
+pub struct Fanout {
+    client: reqwest::Client,
+}
+
+impl Fanout {
+    /// Builds the shared, pooled HTTP client.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .tcp_nodelay(true)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self { client })
+    }
+
+    /// Delivers `request` to every target; yields `(target index, outcome)`
+    /// as deliveries finish. Exactly one outcome per target, all of them by
+    /// the deadline.
+    pub fn deliver_all<'a>(
+        &'a self,
+        request: &'a PodRequest,
+        targets: &'a [Target],
+        limits: &'a Limits,
+        started: Instant,
+    ) -> impl futures_util::Stream<Item = (usize, Delivery)> + 'a {
+        let slots = Arc::new(Semaphore::new(limits.concurrency.max(1)));
+        let deadline = started + limits.deadline;
+        targets
+            .iter()
+            .map(|target| {
+                let slots = slots.clone();
+                async move {
+                    let delivery = self
+                        .deliver(request, target, limits, &slots, started, deadline)
+                        .await;
+                    (target.index, delivery)
+                }
+            })
+            .collect::<FuturesUnordered<_>>()
+    }
+
+    async fn deliver(
+        &self,
+        request: &PodRequest,
+        target: &Target,
+        limits: &Limits,
+        slots: &Semaphore,
+        started: Instant,
+        deadline: Instant,
+    ) -> Delivery {
+        let url = format!("http://{}{}", target.addr, request.path_and_query);
+        let mut attempts = 0;
+        let mut last: Option<Attempt> = None;
+        loop {
+            let outcome = tokio::time::timeout_at(deadline, async {
+                let _slot = slots.acquire().await.expect("semaphore never closes");
+                attempts += 1;
+                self.attempt(request, &url, limits).await
+            })
+            .await;
+            let result = match outcome {
+                Ok(result) => result,
+                Err(_) => {
+                    let detail = format!(
+                        "the broadcast deadline ({}) passed after {attempts} attempt(s)",
+                        humantime::format_duration(limits.deadline)
+                    );
+                    let status = last.as_ref().and_then(|attempt| attempt.status);
+                    return Delivery {
+                        status,
+                        attempts,
+                        latency: started.elapsed(),
+                        error: Some(DeliveryError {
+                            kind: ErrorKind::Deadline,
+                            detail,
+                        }),
+                        body: last.and_then(|attempt| attempt.body),
+                    };
+                }
+            };
+            let retryable = result.retryable();
+            last = Some(result);
+            if !retryable || attempts > limits.retries {
+                break;
+            }
+            let backoff = backoff(limits.retry_backoff, attempts);
+            if Instant::now() + backoff >= deadline {
+                break; // a retry could not finish in time; report what we have
+            }
+            tokio::time::sleep(backoff).await;
+        }
+        let last = last.expect("at least one attempt ran");
+        Delivery {
+            status: last.status,
+            attempts,
+            latency: started.elapsed(),
+            error: last.error,
+            body: last.body,
+        }
+    }
+
+    async fn attempt(&self, request: &PodRequest, url: &str, limits: &Limits) -> Attempt {
+        let exchange = async {
+            let response = self
+                .client
+                .request(request.method.clone(), url)
+                .headers(request.headers.clone())
+                .body(request.body.clone())
+                .send()
+                .await
+                .map_err(|error| classify(&error))?;
+            let status = response.status();
+            let body = read_capped(response, limits.max_pod_body_bytes).await;
+            Ok::<_, DeliveryError>((status, body))
+        };
+        match tokio::time::timeout(limits.timeout, exchange).await {
+            Err(_) => Attempt::failed(
+                ErrorKind::Timeout,
+                format!(
+                    "no complete answer within {}",
+                    humantime::format_duration(limits.timeout)
+                ),
+            ),
+            Ok(Err(error)) => Attempt {
+                status: None,
+                error: Some(error),
+                body: None,
+            },
+            Ok(Ok((status, Err(error)))) => Attempt {
+                status: Some(status),
+                error: Some(error),
+                body: None,
+            },
+            Ok(Ok((status, Ok(body)))) => Attempt {
+                status: Some(status),
+                error: (!status.is_success()).then(|| DeliveryError {
+                    kind: ErrorKind::Status,
+                    detail: format!("the pod answered {status}"),
+                }),
+                body: Some(body),
+            },
+        }
+    }
+}
+
+/// One attempt's outcome.
+struct Attempt {
+    status: Option<StatusCode>,
+    error: Option<DeliveryError>,
+    body: Option<PodBody>,
+}
+
+impl Attempt {
+    fn failed(kind: ErrorKind, detail: String) -> Self {
+        Self {
+            status: None,
+            error: Some(DeliveryError { kind, detail }),
+            body: None,
+        }
+    }
+
+    /// Connect errors, timeouts and 502/503/504 are worth another attempt;
+    /// anything else (including resets, where the pod may have acted on the
+    /// request) is final.
+    fn retryable(&self) -> bool {
+        match &self.error {
+            None => false,
+            Some(error) => match error.kind {
+                ErrorKind::Connect | ErrorKind::Timeout => true,
+                ErrorKind::Status => matches!(
+                    self.status,
+                    Some(
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    )
+                ),
+                _ => false,
+            },
+        }
+    }
+}
+
+/// Exponential backoff with "equal jitter": half fixed, half random.
+fn backoff(base: Duration, attempts: u32) -> Duration {
+    let exponential = base
+        .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+        .min(Duration::from_secs(10));
+    let half = exponential / 2;
+    half + half.mul_f64(fastrand::f64())
+}
+
+/// Reads the body, keeping at most `limit` bytes. Bodies much longer than
+/// the limit are not drained (the connection is closed instead).
+async fn read_capped(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<PodBody, DeliveryError> {
+    const DRAIN_LIMIT: usize = 1 << 20;
+    let mut kept = BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = response.chunk().await.map_err(|error| classify(&error))? {
+        seen += chunk.len();
+        if kept.len() < limit {
+            let room = limit - kept.len();
+            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        }
+        if seen > limit.saturating_add(DRAIN_LIMIT) {
+            break;
+        }
+    }
+    Ok(PodBody {
+        truncated: seen > kept.len(),
+        bytes: kept.freeze(),
+    })
+}
+
+/// Sorts a client error into the fixed set of kinds, keeping the innermost
+/// cause as the detail (e.g. "Connection refused (os error 111)").
+fn classify(error: &reqwest::Error) -> DeliveryError {
+    let mut detail = error.to_string();
+    let mut kind = if error.is_connect() {
+        ErrorKind::Connect
+    } else if error.is_timeout() {
+        ErrorKind::Timeout
+    } else {
+        ErrorKind::Protocol
+    };
+    let mut source = error.source();
+    while let Some(cause) = source {
+        if kind == ErrorKind::Protocol {
+            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind as Io;
+                if matches!(
+                    io.kind(),
+                    Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof
+                ) {
+                    kind = ErrorKind::Reset;
+                }
+            } else if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
+                && (hyper.is_incomplete_message() || hyper.is_canceled())
+            {
+                kind = ErrorKind::Reset;
+            }
+        }
+        detail = cause.to_string();
+        source = cause.source();
+    }
+    DeliveryError { kind, detail }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_stays_jittered_within_bounds() {
+        let base = Duration::from_millis(100);
+        for attempts in 1..6 {
+            let full = base * (1 << (attempts - 1));
+            let delay = backoff(base, attempts);
+            assert!(delay >= full / 2 && delay <= full, "{delay:?} for {attempts}");
+        }
+        assert!(backoff(base, 40) <= Duration::from_secs(10));
+    }
+}

@@ -1,0 +1,32 @@
+//! broadcast-router delivers one HTTP request to every replica of a
+//! Kubernetes workload and answers with every pod's outcome.
+//!
+//! A request flows through the modules in this order:
+//!
+//! 1. [`server`] receives it on a configured route ([`config`], compiled
+//!    into a [`route::Route`]), checks the broadcast id, a templated
+//!    service's allow-list and the body size;
+//! 2. [`discovery`] turns the route's headless Service (or static list) into
+//!    targets, from a TTL-honouring DNS cache that serves stale answers
+//!    while DNS fails;
+//! 3. [`broadcast`] runs the broadcast in its own task, where [`fanout`]
+//!    delivers to every pod concurrently with timeouts, retries, a
+//!    concurrency cap and a deadline;
+//! 4. [`aggregate`] judges the outcomes by the route's policy and builds the
+//!    report the client receives.
+//!
+//! [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
+//! demo on loopback addresses.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod aggregate;
+pub mod broadcast;
+pub mod config;
+pub mod demo;
+pub mod discovery;
+pub mod fanout;
+pub mod route;
+pub mod server;
+pub mod telemetry;

@@ -1,0 +1,213 @@
+//! The `broadcast-router` command: serve, check, resolve, demo.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use broadcast_router::config::{Config, ConfigError};
+use broadcast_router::discovery::Discovery;
+use broadcast_router::route::{Route, TargetSource};
+use broadcast_router::telemetry::{self, LogFormat};
+use broadcast_router::{demo, server};
+use clap::{Args, Parser, Subcommand};
+
+/// Deliver one HTTP request to every replica of a Kubernetes workload.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// How log lines are written (to stderr). RUST_LOG sets the filter.
+    #[arg(long, value_enum, default_value_t = LogFormat::Pretty, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the configured routes until SIGTERM or ctrl-c.
+    Serve(ConfigArg),
+    /// Validate a configuration file and print every problem with its location.
+    Check(ConfigArg),
+    /// Print the targets a route resolves to right now.
+    Resolve {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The route's name.
+        route: String,
+        /// For a templated route: the service name the path would carry.
+        #[arg(long)]
+        service: Option<String>,
+    },
+    /// Start echo pods on 127.0.0.2… and a router over them, then print a curl command to try.
+    Demo {
+        /// Address of the demo router's broadcast routes.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Address of the demo router's admin endpoints.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+        /// How many echo pods to start.
+        #[arg(long, default_value_t = 3)]
+        pods: usize,
+    },
+}
+
+#[derive(Args)]
+struct ConfigArg {
+    /// The router's TOML configuration.
+    #[arg(long, env = "BROADCAST_ROUTER_CONFIG", default_value = "config/router.toml")]
+    config: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    telemetry::init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(arg) => {
+            let config = load(&arg)?;
+            serve(&config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check(arg) => Ok(check(&arg)),
+        Command::Resolve {
+            config,
+            route,
+            service,
+        } => resolve(&load(&config)?, &route, service.as_deref()).await,
+        Command::Demo {
+            listen,
+            admin_listen,
+            pods,
+        } => {
+            let pods = demo::spawn_echo_pods(pods)
+                .await
+                .context("cannot start the demo pods")?;
+            let config = demo::config(&pods, listen, admin_listen);
+            let list: Vec<String> = pods.iter().map(ToString::to_string).collect();
+            println!("Demo pods listening on {}", list.join(", "));
+            println!("Router on http://{listen} (admin on http://{admin_listen}). Try:\n");
+            println!(
+                "  curl -s -X POST http://{listen}/cache/invalidate -H 'content-type: application/json' -d '{{\"key\":\"user:42\"}}'\n"
+            );
+            println!("Press ctrl-c to stop.");
+            serve(&config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
+    Ok(Config::load(&arg.config)?)
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let running = server::start(config).await?;
+    shutdown_signal().await;
+    let unfinished = running.shutdown().await;
+    if !unfinished.is_empty() {
+        bail!(
+            "{} broadcast(s) did not finish within shutdown_grace: {}",
+            unfinished.len(),
+            unfinished.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn check(arg: &ConfigArg) -> ExitCode {
+    let path = arg.config.display();
+    match Config::load(&arg.config) {
+        Ok(config) => {
+            let routes: Vec<String> = config
+                .routes
+                .iter()
+                .map(|route| {
+                    let compiled = Route::from_config(route);
+                    let to = match &compiled.source {
+                        TargetSource::Fixed(addrs) => format!("{} static targets", addrs.len()),
+                        TargetSource::Service { name, port } => format!("{name}:{port}"),
+                    };
+                    format!(
+                        "{} ({} {} -> {to}, policy {})",
+                        route.name,
+                        route.methods.join("|"),
+                        route.path,
+                        route.policy
+                    )
+                })
+                .collect();
+            println!(
+                "{path}: ok, {} route(s): {}",
+                routes.len(),
+                routes.join("; ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(ConfigError::Invalid { problems, .. }) => {
+            for problem in &problems.0 {
+                eprintln!("{path}:{problem}");
+            }
+            eprintln!("{path}: {} problem(s) found", problems.0.len());
+            ExitCode::FAILURE
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn resolve(config: &Config, name: &str, service: Option<&str>) -> anyhow::Result<ExitCode> {
+    let Some(route) = config.route(name) else {
+        let names: Vec<&str> = config.routes.iter().map(|route| route.name.as_str()).collect();
+        bail!("no route named `{name}`; routes: {}", names.join(", "));
+    };
+    let route = Route::from_config(route);
+    let service = route.service_name(service)?;
+    let discovery = Discovery::new(&config.dns)?;
+    let targets = discovery.targets(&route.source, service.as_deref()).await?;
+    for target in &targets {
+        println!("{target}");
+    }
+    eprintln!(
+        "route {name}: {} target(s){}",
+        targets.len(),
+        service.map(|s| format!(" from {s}")).unwrap_or_default()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

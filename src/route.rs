@@ -1,0 +1,234 @@
+//! Routes compiled from configuration: for one matched request, which pods
+//! to ask (a static list, a headless Service, or a service name taken from
+//! the path and checked against the route's allow-list), which path they
+//! receive, and the limits of the broadcast.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use axum::http::{Method, Uri};
+
+use crate::aggregate::Policy;
+use crate::config::RouteConfig;
+use crate::fanout::Limits;
+
+/// The placeholder a templated `service` (and `upstream_path`) uses for the
+/// service name captured from the request path.
+pub const SERVICE_PLACEHOLDER: &str = "{service}";
+
+/// A configured route, ready to serve requests.
+#[derive(Debug)]
+pub struct Route {
+    /// The route's unique name.
+    pub name: Arc<str>,
+    /// The axum path pattern.
+    pub path: String,
+    /// The methods the route accepts.
+    pub methods: Vec<Method>,
+    /// Where the route's pods come from.
+    pub source: TargetSource,
+    /// The verdict policy.
+    pub policy: Policy,
+    /// Timeouts, retries and concurrency of each broadcast.
+    pub limits: Limits,
+    upstream_path: Option<String>,
+    allow_services: Vec<glob::Pattern>,
+}
+
+/// Where a route's pods come from.
+#[derive(Debug, Clone)]
+pub enum TargetSource {
+    /// A fixed list of addresses from `targets`.
+    Fixed(Arc<[SocketAddr]>),
+    /// A headless Service resolved through DNS.
+    Service {
+        /// The DNS name (possibly with `{service}` to fill in).
+        name: String,
+        /// The pods' port.
+        port: u16,
+    },
+}
+
+/// Why a request's service name was refused (always a client problem).
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceRefused {
+    /// The captured name is not a single lowercase DNS label.
+    #[error("`{0}` is not a service name: use one lowercase DNS label (a-z, 0-9, '-')")]
+    Malformed(String),
+    /// The name is well formed but not on the route's allow-list.
+    #[error("service `{0}` is not allowed on this route")]
+    NotAllowed(String),
+}
+
+impl Route {
+    /// Compiles a validated route configuration.
+    pub fn from_config(config: &RouteConfig) -> Self {
+        let source = match (&config.service, &config.targets) {
+            (Some(service), _) => TargetSource::Service {
+                name: service.clone(),
+                port: config.port.unwrap_or(80),
+            },
+            (None, targets) => TargetSource::Fixed(
+                targets
+                    .iter()
+                    .flatten()
+                    .filter_map(|target| parse_static_target(target, config.port).ok())
+                    .collect(),
+            ),
+        };
+        Self {
+            name: config.name.as_str().into(),
+            path: config.path.clone(),
+            methods: config
+                .methods
+                .iter()
+                .filter_map(|method| Method::from_bytes(method.as_bytes()).ok())
+                .collect(),
+            source,
+            policy: config.policy,
+            limits: Limits {
+                timeout: config.timeout,
+                retries: config.retries,
+                retry_backoff: config.retry_backoff,
+                concurrency: config.concurrency,
+                deadline: config.deadline,
+                max_pod_body_bytes: usize::try_from(config.max_pod_body_bytes.as_u64())
+                    .unwrap_or(usize::MAX),
+            },
+            upstream_path: config.upstream_path.clone(),
+            allow_services: config
+                .allow_services
+                .iter()
+                .filter_map(|pattern| glob::Pattern::new(pattern).ok())
+                .collect(),
+        }
+    }
+
+    /// Whether the service name comes from the request path.
+    pub fn is_templated(&self) -> bool {
+        matches!(&self.source, TargetSource::Service { name, .. } if name.contains(SERVICE_PLACEHOLDER))
+    }
+
+    /// The DNS name to resolve for a request whose `{service}` capture is
+    /// `requested`, after checking it against the allow-list. Refusals
+    /// happen before any DNS query.
+    pub fn service_name(&self, requested: Option<&str>) -> Result<Option<String>, ServiceRefused> {
+        let TargetSource::Service { name, .. } = &self.source else {
+            return Ok(None);
+        };
+        if !name.contains(SERVICE_PLACEHOLDER) {
+            return Ok(Some(name.clone()));
+        }
+        let requested = requested.unwrap_or_default();
+        if !is_service_label(requested) {
+            return Err(ServiceRefused::Malformed(requested.to_owned()));
+        }
+        let options = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: false,
+            require_literal_leading_dot: true,
+        };
+        if !self
+            .allow_services
+            .iter()
+            .any(|pattern| pattern.matches_with(requested, options))
+        {
+            return Err(ServiceRefused::NotAllowed(requested.to_owned()));
+        }
+        Ok(Some(name.replace(SERVICE_PLACEHOLDER, requested)))
+    }
+
+    /// The path and query the pods receive.
+    pub fn upstream_path_and_query(&self, uri: &Uri, params: &[(String, String)]) -> String {
+        let Some(template) = &self.upstream_path else {
+            return uri
+                .path_and_query()
+                .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+        };
+        let mut path = template.clone();
+        for (name, value) in params {
+            path = path.replace(&format!("{{{name}}}"), value);
+        }
+        match uri.query() {
+            Some(query) if !path.contains('?') => format!("{path}?{query}"),
+            _ => path,
+        }
+    }
+}
+
+/// Whether `label` is one lowercase DNS label that cannot escape its
+/// template: no dots, no uppercase, no punycode, not an address.
+fn is_service_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && !label.starts_with("xn--")
+        && !label.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `name` is a usable DNS name: lowercase labels separated by
+/// dots, optionally ending in a dot (which skips the search list).
+pub fn valid_service_name(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Parses one `targets` entry: `"ip:port"`, `"[v6]:port"`, or a bare IP
+/// that takes the route's `port`.
+pub fn parse_static_target(text: &str, port: Option<u16>) -> Result<SocketAddr, String> {
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    match (text.parse::<IpAddr>(), port) {
+        (Ok(ip), Some(port)) => Ok(SocketAddr::new(ip, port)),
+        (Ok(_), None) => Err(format!(
+            "target `{text}` has no port: write `{text}:PORT` or set the route's `port`"
+        )),
+        (Err(_), _) => Err(format!(
+            "target `{text}` is not an IP address with a port, such as \"10.0.0.7:8080\""
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_labels_cannot_escape_the_template() {
+        assert!(is_service_label("web"));
+        assert!(is_service_label("web-2"));
+        for hostile in [
+            "", "web.evil", "Web", "web.", "-web", "web-", "xn--80ak6aa92e", "10", "a/b",
+            "127.0.0.1", "web%2e",
+        ] {
+            assert!(!is_service_label(hostile), "{hostile:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn static_targets_take_the_route_port() {
+        assert_eq!(
+            parse_static_target("127.0.0.2", Some(8080)),
+            Ok("127.0.0.2:8080".parse().unwrap())
+        );
+        assert_eq!(
+            parse_static_target("[::1]:9000", None),
+            Ok("[::1]:9000".parse().unwrap())
+        );
+        assert!(parse_static_target("127.0.0.2", None).is_err());
+        assert!(parse_static_target("web:80", None).is_err());
+    }
+}

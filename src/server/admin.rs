@@ -1,0 +1,38 @@
+//! The admin listener: liveness, readiness and Prometheus metrics, on their
+//! own port so they are never mixed with broadcast routes.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use super::AppState;
+use crate::telemetry;
+
+/// The admin endpoints as an axum router.
+pub fn app(state: Arc<AppState>) -> axum::Router {
+    axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// 200 while the configuration is loaded and broadcasts are accepted; 503
+/// before that and while draining for shutdown.
+async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    if state.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        telemetry::metrics().render(),
+    )
+}

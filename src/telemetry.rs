@@ -1,0 +1,153 @@
+//! Telemetry in one place: log setup, and every metric the router emits.
+//!
+//! Metrics follow Prometheus conventions (`*_total` counters, `*_seconds`
+//! histograms) and only carry bounded labels: route names come from the
+//! configuration and outcomes from fixed sets; pod addresses, service names
+//! from requests and error texts never become labels.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, one line per event.
+    #[default]
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs the global log subscriber. The filter comes from `RUST_LOG`
+/// (targets syntax, e.g. `info,broadcast_router=debug`), default `info`.
+pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::filter::Targets;
+    use tracing_subscriber::prelude::*;
+
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| spec.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(filter);
+    let result = match format {
+        LogFormat::Pretty => registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_writer(std::io::stderr),
+            )
+            .try_init(),
+    };
+    // A subscriber already installed (tests, embedding) is fine.
+    drop(result);
+}
+
+/// The process-wide metrics recorder, installed on first use.
+pub fn metrics() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let seconds = [
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+        ];
+        let widths = [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &seconds)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Full(BROADCAST_TARGETS.into()), &widths)
+            })
+            .expect("bucket lists are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        if let Err(error) = metrics::set_global_recorder(recorder) {
+            tracing::warn!(%error, "Another metrics recorder is installed; /metrics will be empty.");
+        }
+        describe();
+        handle
+    })
+}
+
+const BROADCASTS: &str = "broadcast_router_broadcasts_total";
+const BROADCASTS_IN_FLIGHT: &str = "broadcast_router_broadcasts_in_flight";
+const BROADCAST_TARGETS: &str = "broadcast_router_broadcast_targets";
+const BROADCAST_DURATION: &str = "broadcast_router_broadcast_duration_seconds";
+const DELIVERIES: &str = "broadcast_router_deliveries_total";
+const DELIVERY_ATTEMPTS: &str = "broadcast_router_delivery_attempts_total";
+const DELIVERY_DURATION: &str = "broadcast_router_delivery_duration_seconds";
+const DNS_LOOKUPS: &str = "broadcast_router_dns_lookups_total";
+const DNS_STALE: &str = "broadcast_router_dns_stale_answers_total";
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        BROADCASTS,
+        "Broadcasts by route and outcome (ok, failed, no_targets, dns_error, refused, too_large)."
+    );
+    describe_gauge!(BROADCASTS_IN_FLIGHT, "Broadcasts currently running.");
+    describe_histogram!(BROADCAST_TARGETS, "Pods per broadcast (fan-out width).");
+    describe_histogram!(
+        BROADCAST_DURATION,
+        "Time from receiving a broadcast to its last delivery."
+    );
+    describe_counter!(
+        DELIVERIES,
+        "Pod deliveries by route and outcome (success or an error kind)."
+    );
+    describe_counter!(DELIVERY_ATTEMPTS, "HTTP attempts made to pods, retries included.");
+    describe_histogram!(DELIVERY_DURATION, "Time until each pod's outcome.");
+    describe_counter!(
+        DNS_LOOKUPS,
+        "DNS lookups by outcome (ok, empty, no_records, error)."
+    );
+    describe_counter!(
+        DNS_STALE,
+        "Broadcasts that used a stale DNS answer because DNS was failing."
+    );
+}
+
+/// Keeps histogram windows bounded; call every few seconds.
+pub fn upkeep() {
+    metrics().run_upkeep();
+}
+
+/// A broadcast was refused or could not start (`outcome` from a fixed set).
+pub fn broadcast_rejected(route: &str, outcome: &'static str) {
+    counter!(BROADCASTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// A broadcast started fanning out to `targets` pods.
+pub fn broadcast_started(route: &str, targets: usize) {
+    gauge!(BROADCASTS_IN_FLIGHT).increment(1.0);
+    histogram!(BROADCAST_TARGETS, "route" => route.to_owned()).record(targets as f64);
+}
+
+/// A broadcast's last delivery finished.
+pub fn broadcast_finished(route: &str, ok: bool, elapsed: Duration) {
+    gauge!(BROADCASTS_IN_FLIGHT).decrement(1.0);
+    let outcome = if ok { "ok" } else { "failed" };
+    counter!(BROADCASTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
+    histogram!(BROADCAST_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// One pod's delivery finished with `outcome` after `attempts` attempts.
+pub fn delivery_finished(route: &str, outcome: &'static str, attempts: u32, elapsed: Duration) {
+    counter!(DELIVERIES, "route" => route.to_owned(), "outcome" => outcome).increment(1);
+    counter!(DELIVERY_ATTEMPTS, "route" => route.to_owned()).increment(u64::from(attempts));
+    histogram!(DELIVERY_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// A DNS lookup finished with `outcome`.
+pub fn dns_lookup(outcome: &'static str) {
+    counter!(DNS_LOOKUPS, "outcome" => outcome).increment(1);
+}
+
+/// A stale DNS answer was used because DNS was failing.
+pub fn dns_stale_answer() {
+    counter!(DNS_STALE).increment(1);
+}
