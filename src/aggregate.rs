@@ -85,8 +85,7 @@ impl<'de> Deserialize<'de> for Policy {
 
 struct PolicyVisitor;
 
-const POLICY_EXPECTED: &str =
-    r#""all", "any", "first", "collect", or a quorum table such as { quorum = 2 } or { quorum = "51%" }"#;
+const POLICY_EXPECTED: &str = r#""all", "any", "first", "collect", or a quorum table such as { quorum = 2 } or { quorum = "51%" }"#;
 
 impl<'de> Visitor<'de> for PolicyVisitor {
     type Value = Policy;
@@ -341,8 +340,16 @@ mod tests {
             parse(r#"policy = { quorum = "51%" }"#),
             Ok(Policy::Quorum(Quorum::Percent(51)))
         );
-        assert!(parse(r#"policy = "most""#).unwrap_err().contains("unknown policy"));
-        assert!(parse("policy = { quorum = 0 }").unwrap_err().contains("at least 1"));
+        assert!(
+            parse(r#"policy = "most""#)
+                .unwrap_err()
+                .contains("unknown policy")
+        );
+        assert!(
+            parse("policy = { quorum = 0 }")
+                .unwrap_err()
+                .contains("at least 1")
+        );
         assert!(parse(r#"policy = { quorum = "150%" }"#).is_err());
     }
 

@@ -104,9 +104,9 @@ impl Broadcaster {
         let mut answer = Some(answer);
         let required = route.policy.required(targets.len());
         let mut succeeded = 0;
-        let mut deliveries =
-            self.fanout
-                .deliver_all(&request, &targets, &route.limits, started);
+        let mut deliveries = self
+            .fanout
+            .deliver_all(&request, &targets, &route.limits, started);
         while let Some((index, delivery)) = deliveries.next().await {
             telemetry::delivery_finished(
                 &route.name,

@@ -45,7 +45,9 @@ pub async fn spawn_echo_pods(count: usize) -> std::io::Result<Vec<SocketAddr>> {
 
 async fn echo(pod: SocketAddr, request: Request) -> Json<serde_json::Value> {
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 1 << 20).await.unwrap_or_default();
+    let body = axum::body::to_bytes(body, 1 << 20)
+        .await
+        .unwrap_or_default();
     let header = |headers: &HeaderMap, name: &str| {
         headers
             .get(name)

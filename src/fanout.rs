@@ -80,7 +80,9 @@ impl Delivery {
 
     /// A label for metrics: `success` or the error kind.
     pub fn outcome(&self) -> &'static str {
-        self.error.as_ref().map_or("success", |error| error.kind.as_str())
+        self.error
+            .as_ref()
+            .map_or("success", |error| error.kind.as_str())
     }
 }
 
@@ -379,7 +381,10 @@ fn classify(error: &reqwest::Error) -> DeliveryError {
                 use std::io::ErrorKind as Io;
                 if matches!(
                     io.kind(),
-                    Io::ConnectionReset | Io::ConnectionAborted | Io::BrokenPipe | Io::UnexpectedEof
+                    Io::ConnectionReset
+                        | Io::ConnectionAborted
+                        | Io::BrokenPipe
+                        | Io::UnexpectedEof
                 ) {
                     kind = ErrorKind::Reset;
                 }
@@ -405,7 +410,10 @@ mod tests {
         for attempts in 1..6 {
             let full = base * (1 << (attempts - 1));
             let delay = backoff(base, attempts);
-            assert!(delay >= full / 2 && delay <= full, "{delay:?} for {attempts}");
+            assert!(
+                delay >= full / 2 && delay <= full,
+                "{delay:?} for {attempts}"
+            );
         }
         assert!(backoff(base, 40) <= Duration::from_secs(10));
     }

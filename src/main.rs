@@ -58,7 +58,11 @@ enum Command {
 #[derive(Args)]
 struct ConfigArg {
     /// The router's TOML configuration.
-    #[arg(long, env = "BROADCAST_ROUTER_CONFIG", default_value = "config/router.toml")]
+    #[arg(
+        long,
+        env = "BROADCAST_ROUTER_CONFIG",
+        default_value = "config/router.toml"
+    )]
     config: PathBuf,
 }
 
@@ -179,7 +183,11 @@ fn check(arg: &ConfigArg) -> ExitCode {
 
 async fn resolve(config: &Config, name: &str, service: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(route) = config.route(name) else {
-        let names: Vec<&str> = config.routes.iter().map(|route| route.name.as_str()).collect();
+        let names: Vec<&str> = config
+            .routes
+            .iter()
+            .map(|route| route.name.as_str())
+            .collect();
         bail!("no route named `{name}`; routes: {}", names.join(", "));
     };
     let route = Route::from_config(route);

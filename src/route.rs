@@ -211,8 +211,17 @@ mod tests {
         assert!(is_service_label("web"));
         assert!(is_service_label("web-2"));
         for hostile in [
-            "", "web.evil", "Web", "web.", "-web", "web-", "xn--80ak6aa92e", "10", "a/b",
-            "127.0.0.1", "web%2e",
+            "",
+            "web.evil",
+            "Web",
+            "web.",
+            "-web",
+            "web-",
+            "xn--80ak6aa92e",
+            "10",
+            "a/b",
+            "127.0.0.1",
+            "web%2e",
         ] {
             assert!(!is_service_label(hostile), "{hostile:?} must be refused");
         }

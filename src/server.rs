@@ -29,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::broadcast::{BuildError, Broadcaster};
+use crate::broadcast::{Broadcaster, BuildError};
 use crate::config::Config;
 use crate::fanout::PodRequest;
 use crate::fanout::headers::{self, BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS};
@@ -148,7 +148,10 @@ async fn handle(
             let (targets, succeeded) = (report.targets, report.succeeded);
             let mut response = (status, Json(report)).into_response();
             let headers = response.headers_mut();
-            headers.insert(BROADCAST_ID, HeaderValue::from_str(&id).expect("validated id"));
+            headers.insert(
+                BROADCAST_ID,
+                HeaderValue::from_str(&id).expect("validated id"),
+            );
             headers.insert(BROADCAST_TARGETS, targets.into());
             headers.insert(BROADCAST_SUCCEEDED, succeeded.into());
             response
@@ -226,7 +229,9 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
     };
     let listener = bind(config.server.listen).await?;
     let admin_listener = bind(config.server.admin_listen).await?;
-    let addr = listener.local_addr().expect("bound listener has an address");
+    let addr = listener
+        .local_addr()
+        .expect("bound listener has an address");
     let admin_addr = admin_listener
         .local_addr()
         .expect("bound listener has an address");
@@ -295,7 +300,10 @@ impl Running {
         self.shutdown.cancel();
         tracing::info!(grace = ?self.grace, "Draining: no new connections, finishing broadcasts.");
         let mut serving = self.serving;
-        if tokio::time::timeout_at(deadline, &mut serving).await.is_err() {
+        if tokio::time::timeout_at(deadline, &mut serving)
+            .await
+            .is_err()
+        {
             tracing::warn!("Client connections still open at the end of the grace period.");
             serving.abort();
         }

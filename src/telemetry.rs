@@ -99,7 +99,10 @@ fn describe() {
         DELIVERIES,
         "Pod deliveries by route and outcome (success or an error kind)."
     );
-    describe_counter!(DELIVERY_ATTEMPTS, "HTTP attempts made to pods, retries included.");
+    describe_counter!(
+        DELIVERY_ATTEMPTS,
+        "HTTP attempts made to pods, retries included."
+    );
     describe_histogram!(DELIVERY_DURATION, "Time until each pod's outcome.");
     describe_counter!(
         DNS_LOOKUPS,

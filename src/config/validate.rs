@@ -14,7 +14,7 @@ use crate::aggregate::{Policy, Quorum};
 use crate::route::{SERVICE_PLACEHOLDER, parse_static_target, valid_service_name};
 
 pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) {
-    if config.server.listen == config.server.admin_listen {
+    if config.server.listen == config.server.admin_listen && config.server.listen.port() != 0 {
         sink.push(
             spans.section("server", "admin_listen"),
             "`admin_listen` must differ from `listen`: admin endpoints are never mixed with routes",
@@ -38,13 +38,22 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
         );
     }
     if dns.max_ttl.is_zero() {
-        sink.push(spans.section("dns", "max_ttl"), "`max_ttl` must be larger than 0");
+        sink.push(
+            spans.section("dns", "max_ttl"),
+            "`max_ttl` must be larger than 0",
+        );
     }
     if dns.timeout.is_zero() {
-        sink.push(spans.section("dns", "timeout"), "`timeout` must be larger than 0");
+        sink.push(
+            spans.section("dns", "timeout"),
+            "`timeout` must be larger than 0",
+        );
     }
     if dns.attempts == 0 {
-        sink.push(spans.section("dns", "attempts"), "`attempts` must be at least 1");
+        sink.push(
+            spans.section("dns", "attempts"),
+            "`attempts` must be at least 1",
+        );
     }
 
     let mut names = HashMap::new();
@@ -149,9 +158,7 @@ impl RouteCheck<'_, '_, '_> {
         {
             self.problem(
                 "path",
-                format!(
-                    "`{segment}` is the old capture syntax; write `{{name}}` or `{{*rest}}`"
-                ),
+                format!("`{segment}` is the old capture syntax; write `{{name}}` or `{{*rest}}`"),
             );
             return;
         }

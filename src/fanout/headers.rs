@@ -116,7 +116,9 @@ fn parse_traceparent(value: &str) -> Option<(&str, &str)> {
     let (version, trace_id, parent_id, flags) =
         (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
     let lower_hex = |s: &str, len: usize| {
-        s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
     };
     let valid = version == "00"
         && parts.next().is_none()
@@ -146,7 +148,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_dropped_and_forwarding_headers_added() {
         let mut incoming = HeaderMap::new();
-        incoming.insert("connection", HeaderValue::from_static("keep-alive, x-secret-hop"));
+        incoming.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         incoming.insert("x-secret-hop", HeaderValue::from_static("1"));
         incoming.insert("te", HeaderValue::from_static("trailers"));
         incoming.insert("host", HeaderValue::from_static("router.example"));

@@ -14,9 +14,7 @@ use crate::route::ServiceRefused;
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// The client's `X-Broadcast-Id` is unusable.
-    #[error(
-        "X-Broadcast-Id must be 1 to 128 characters of letters, digits and `-_.:`"
-    )]
+    #[error("X-Broadcast-Id must be 1 to 128 characters of letters, digits and `-_.:`")]
     BadBroadcastId,
     /// The path named a service the route does not allow.
     #[error(transparent)]
@@ -87,6 +85,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        (status, Json(json!({ "ok": false, "error": self.to_string() }))).into_response()
+        (
+            status,
+            Json(json!({ "ok": false, "error": self.to_string() })),
+        )
+            .into_response()
     }
 }
