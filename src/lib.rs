@@ -27,6 +27,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod fanout;
+pub mod frame;
 pub mod route;
 pub mod server;
 pub mod telemetry;
