@@ -11,6 +11,7 @@ use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 
 use crate::discovery::Target;
+use crate::fanout::udp::UdpDelivery;
 use crate::fanout::{Delivery, ErrorKind};
 
 /// The built-in rule that turns pod outcomes into a verdict.
@@ -206,7 +207,8 @@ pub struct DeliveryReport {
     pub status: Option<u16>,
     /// Attempts made so far.
     pub attempts: u32,
-    /// Time from the first attempt to the outcome, in milliseconds.
+    /// Time from the start of the broadcast to this pod's outcome, in
+    /// milliseconds (waiting for a concurrency slot and retries included).
     pub latency_ms: f64,
     /// Why the delivery failed, if it did.
     pub error: Option<ErrorKind>,
@@ -312,6 +314,43 @@ impl DeliveryReport {
             pending: true,
         }
     }
+}
+
+/// The answer document of a UDP broadcast (HTTP 202: datagrams were sent;
+/// UDP has no acknowledgement, so nothing is known about their arrival).
+#[derive(Debug, Clone, Serialize)]
+pub struct UdpReport {
+    /// The broadcast id, carried in every datagram's header.
+    pub id: String,
+    /// The route's name.
+    pub route: String,
+    /// Always `"udp"`.
+    pub protocol: &'static str,
+    /// The sequence number carried in every datagram's header.
+    pub sequence: u64,
+    /// Whether every copy to every pod was handed to the network.
+    pub ok: bool,
+    /// How many pods the datagrams went to.
+    pub targets: usize,
+    /// Copies sent to each pod.
+    pub repeat: u8,
+    /// The size of each datagram, header included.
+    pub datagram_bytes: usize,
+    /// One entry per pod, in target order.
+    pub results: Vec<UdpDelivery>,
+}
+
+/// The answer to an asynchronous broadcast: accepted, running.
+#[derive(Debug, Clone, Serialize)]
+pub struct Accepted {
+    /// The broadcast id, to find the report at the collector.
+    pub id: String,
+    /// The route's name.
+    pub route: String,
+    /// Always `"async"`.
+    pub mode: &'static str,
+    /// How many pods the broadcast goes to.
+    pub targets: usize,
 }
 
 #[cfg(test)]

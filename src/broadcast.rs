@@ -5,7 +5,14 @@
 //! deliveries still finish and the outcome is still logged and counted.
 //! The handler waits for the answer on a channel. With an early-answering
 //! policy (`first`), the answer is sent as soon as the policy is met, and
-//! the task keeps running until every delivery has its outcome.
+//! the task keeps running until every delivery has its outcome. With
+//! `mode = "async"` nobody waits for the answer at all.
+//!
+//! When a route has `report_to`, the final report is POSTed to that
+//! collector from the same task ([`report_to`]), so shutdown waits for it
+//! like for the deliveries.
+
+pub mod report_to;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,9 +25,11 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::aggregate::Report;
+use crate::aggregate::{Report, UdpReport};
+use crate::config::Mode;
 use crate::config::DnsConfig;
 use crate::discovery::{Discovery, DiscoveryError, Target, dns::LookupError};
+use crate::fanout::udp::UdpSender;
 use crate::fanout::{Delivery, Fanout, PodRequest};
 use crate::route::Route;
 use crate::telemetry;
@@ -33,6 +42,24 @@ pub struct Broadcaster {
     tasks: TaskTracker,
     in_flight: Mutex<HashMap<u64, (String, Arc<str>)>>,
     next_key: AtomicU64,
+    udp: UdpSender,
+    sequence: AtomicU64,
+}
+
+/// A broadcast that is running; its report comes through [`Started::report`].
+pub struct Started {
+    /// How many pods it goes to.
+    pub targets: usize,
+    answer: oneshot::Receiver<Report>,
+}
+
+impl Started {
+    /// Waits until the route's policy allows an answer.
+    pub async fn report(self) -> Report {
+        self.answer
+            .await
+            .expect("a broadcast task always sends its report")
+    }
 }
 
 /// Why the broadcaster could not be built.
@@ -55,6 +82,14 @@ impl Broadcaster {
             tasks: TaskTracker::new(),
             in_flight: Mutex::default(),
             next_key: AtomicU64::new(0),
+            udp: UdpSender::default(),
+            // Sequence numbers start at the process start time in
+            // microseconds, so they keep growing across restarts.
+            sequence: AtomicU64::new(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(1, |since| since.as_micros() as u64),
+            ),
         })
     }
 
@@ -63,28 +98,94 @@ impl Broadcaster {
         &self.discovery
     }
 
-    /// Discovers the route's pods and broadcasts `request` to them,
-    /// returning the report once the route's policy allows an answer.
-    pub async fn broadcast(
+    /// Discovers the route's pods and starts broadcasting `request` to
+    /// them over HTTP.
+    pub async fn start(
         self: &Arc<Self>,
         route: Arc<Route>,
         service: Option<String>,
         id: String,
         request: PodRequest,
-    ) -> Result<Report, DiscoveryError> {
+    ) -> Result<Started, DiscoveryError> {
         let targets = self
             .discovery
             .targets(&route.source, service.as_deref())
             .await?;
+        let count = targets.len();
         let (answer, answered) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id);
         let this = Arc::clone(self);
         self.tasks.spawn(
             async move { this.run(route, id, targets, request, answer).await }.instrument(span),
         );
-        Ok(answered
-            .await
-            .expect("a broadcast task always sends its report"))
+        Ok(Started {
+            targets: count,
+            answer: answered,
+        })
+    }
+
+    /// Discovers the route's pods and sends `payload` to each as datagrams.
+    /// The caller has checked the datagram size.
+    pub async fn send_udp(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        service: Option<String>,
+        id: String,
+        payload: bytes::Bytes,
+    ) -> Result<UdpReport, DiscoveryError> {
+        let targets = self
+            .discovery
+            .targets(&route.source, service.as_deref())
+            .await?;
+        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let (answer, answered) = oneshot::channel();
+        let span = tracing::info_span!("broadcast", route = %route.name, id = %id, sequence);
+        let this = Arc::clone(self);
+        self.tasks.spawn(
+            async move {
+                let started = Instant::now();
+                let key = this.next_key.fetch_add(1, Ordering::Relaxed);
+                let _registered = InFlight::register(&this.in_flight, key, &id, &route.name);
+                telemetry::broadcast_started(&route.name, targets.len());
+                let results = this
+                    .udp
+                    .send(&targets, &id, sequence, &payload, &route.udp)
+                    .await;
+                let sent: u32 = results.iter().map(|result| result.datagrams).sum();
+                let expected = u32::from(route.udp.repeat) * targets.len() as u32;
+                telemetry::datagrams(&route.name, "sent", u64::from(sent));
+                telemetry::datagrams(&route.name, "error", u64::from(expected - sent));
+                let datagram_bytes = crate::frame::encoded_len(&id, payload.len());
+                let report = UdpReport {
+                    id,
+                    route: route.name.to_string(),
+                    protocol: "udp",
+                    sequence,
+                    ok: sent == expected,
+                    targets: targets.len(),
+                    repeat: route.udp.repeat,
+                    datagram_bytes,
+                    results,
+                };
+                telemetry::broadcast_finished(&route.name, report.ok, started.elapsed());
+                tracing::info!(ok = report.ok, targets = report.targets, datagrams = sent, "UDP broadcast sent.");
+                this.report(&route, &report.id, &report).await;
+                let _ = answer.send(report);
+            }
+            .instrument(span),
+        );
+        Ok(answered.await.expect("a UDP broadcast task always answers"))
+    }
+
+    /// POSTs a finished report to the route's collector, if it has one.
+    async fn report(&self, route: &Route, id: &str, report: &impl serde::Serialize) {
+        let Some(to) = &route.report_to else {
+            return;
+        };
+        match serde_json::to_vec(report) {
+            Ok(json) => report_to::send(self.fanout.client(), to, &route.name, id, json.into()).await,
+            Err(error) => tracing::error!(%error, "Report could not be serialized."),
+        }
     }
 
     async fn run(
@@ -130,7 +231,7 @@ impl Broadcaster {
             {
                 let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
                 tracing::debug!(pending = report.pending, "Policy met; answering early.");
-                if early.send(report).is_err() {
+                if early.send(report).is_err() && route.mode == Mode::Sync {
                     tracing::info!("The client left before the answer.");
                 }
             }
@@ -149,8 +250,10 @@ impl Broadcaster {
             answered_early = answer.is_none(),
             "Broadcast finished."
         );
+        self.report(&route, &id, &report).await;
         if let Some(answer) = answer
             && answer.send(report).is_err()
+            && route.mode == Mode::Sync
         {
             tracing::info!("The client left before the answer; the broadcast completed anyway.");
         }

@@ -163,6 +163,70 @@ pub struct RouteConfig {
     /// How much of each pod's response body the answer includes.
     #[serde(default = "default_max_pod_body_bytes")]
     pub max_pod_body_bytes: ByteSize,
+    /// How pods receive the broadcast: HTTP requests, or UDP datagrams.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// UDP settings (only with `protocol = "udp"`).
+    pub udp: Option<UdpConfig>,
+    /// `sync` answers with the report; `async` answers 202 at once and
+    /// completes the broadcast in the background (HTTP routes only).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Where each finished broadcast's report is POSTed (an `http://` URL),
+    /// so one collector service is the single writer of outcomes.
+    pub report_to: Option<String>,
+    /// How long a report keeps being retried while the collector fails.
+    #[serde(default = "default_report_retry_for", with = "humantime_serde")]
+    pub report_retry_for: Duration,
+}
+
+/// How a route delivers to its pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// One HTTP request per pod, with retries and a verdict.
+    #[default]
+    Http,
+    /// Datagrams sent `repeat` times per pod; no acknowledgement.
+    Udp,
+}
+
+/// When the client gets its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Answer with the report once the policy allows.
+    #[default]
+    Sync,
+    /// Answer 202 with the broadcast id at once; finish in the background.
+    Async,
+}
+
+/// The `udp` table of a UDP route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UdpConfig {
+    /// How many times each pod gets the datagram (1 to 20).
+    pub repeat: u8,
+    /// Pause between repeats.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Largest datagram sent (header included); larger payloads get 413.
+    pub max_datagram_bytes: ByteSize,
+    /// Allows `max_datagram_bytes` above 1472 (IP fragmentation; only for
+    /// networks known to carry it).
+    pub large_datagrams: bool,
+}
+
+impl Default for UdpConfig {
+    fn default() -> Self {
+        Self {
+            repeat: 3,
+            interval: Duration::from_millis(20),
+            max_datagram_bytes: ByteSize::b(1200),
+            large_datagrams: false,
+        }
+    }
 }
 
 fn default_methods() -> Vec<String> {
@@ -185,6 +249,9 @@ fn default_deadline() -> Duration {
 }
 fn default_max_pod_body_bytes() -> ByteSize {
     ByteSize::kib(4)
+}
+fn default_report_retry_for() -> Duration {
+    Duration::from_secs(60)
 }
 
 impl Config {

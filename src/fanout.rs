@@ -13,6 +13,7 @@
 //! never copied per pod.
 
 pub mod headers;
+pub mod udp;
 
 use std::error::Error as _;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use futures_util::stream::FuturesUnordered;
 use serde::Serialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use crate::discovery::Target;
 
@@ -161,6 +163,11 @@ impl Fanout {
         Ok(Self { client })
     }
 
+    /// The shared HTTP client (also used to send reports to collectors).
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
     /// Delivers `request` to every target; yields `(target index, outcome)`
     /// as deliveries finish. Exactly one outcome per target, all of them by
     /// the deadline.
@@ -177,12 +184,19 @@ impl Fanout {
             .iter()
             .map(|target| {
                 let slots = slots.clone();
+                let span = tracing::debug_span!("delivery", target = %target);
                 async move {
                     let delivery = self
                         .deliver(request, target, limits, &slots, started, deadline)
                         .await;
+                    tracing::debug!(
+                        outcome = delivery.outcome(),
+                        attempts = delivery.attempts,
+                        "Delivery finished."
+                    );
                     (target.index, delivery)
                 }
+                .instrument(span)
             })
             .collect::<FuturesUnordered<_>>()
     }

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use axum::http::{Method, Uri};
 
 use crate::aggregate::Policy;
-use crate::config::RouteConfig;
+use crate::config::{Mode, Protocol, RouteConfig};
 use crate::fanout::Limits;
+use crate::fanout::udp::UdpSettings;
 
 /// The placeholder a templated `service` (and `upstream_path`) uses for the
 /// service name captured from the request path.
@@ -31,8 +32,25 @@ pub struct Route {
     pub policy: Policy,
     /// Timeouts, retries and concurrency of each broadcast.
     pub limits: Limits,
+    /// How pods receive the broadcast.
+    pub protocol: Protocol,
+    /// Datagram settings of UDP routes.
+    pub udp: UdpSettings,
+    /// When the client gets its answer.
+    pub mode: Mode,
+    /// Where finished reports are POSTed, and for how long that is retried.
+    pub report_to: Option<ReportTo>,
     upstream_path: Option<String>,
     allow_services: Vec<glob::Pattern>,
+}
+
+/// A route's collector for finished reports.
+#[derive(Debug, Clone)]
+pub struct ReportTo {
+    /// The collector's URL.
+    pub url: reqwest::Url,
+    /// How long delivery of one report is retried.
+    pub retry_for: std::time::Duration,
 }
 
 /// Where a route's pods come from.
@@ -95,6 +113,23 @@ impl Route {
                 max_pod_body_bytes: usize::try_from(config.max_pod_body_bytes.as_u64())
                     .unwrap_or(usize::MAX),
             },
+            protocol: config.protocol,
+            udp: {
+                let udp = config.udp.clone().unwrap_or_default();
+                UdpSettings {
+                    repeat: udp.repeat,
+                    interval: udp.interval,
+                    max_datagram_bytes: usize::try_from(udp.max_datagram_bytes.as_u64())
+                        .unwrap_or(usize::MAX),
+                }
+            },
+            mode: config.mode,
+            report_to: config.report_to.as_deref().and_then(|url| {
+                Some(ReportTo {
+                    url: reqwest::Url::parse(url).ok()?,
+                    retry_for: config.report_retry_for,
+                })
+            }),
             upstream_path: config.upstream_path.clone(),
             allow_services: config
                 .allow_services

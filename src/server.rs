@@ -5,7 +5,9 @@
 //! A request's path through [`handle`]: check the client's broadcast id →
 //! check a templated service against its allow-list (403, before any DNS
 //! query) → read the body within `max_body_bytes` (413) → discover the pods
-//! (503 when none) → broadcast → answer with the report.
+//! (503 when none) → broadcast → answer. HTTP routes answer with the report
+//! (`mode = "sync"`) or 202 at once (`mode = "async"`); UDP routes check the
+//! datagram size (413, nothing sent) and answer 202 once every copy is sent.
 
 pub mod admin;
 mod error;
@@ -21,7 +23,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawPathParams, Request, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
@@ -30,7 +32,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::{Broadcaster, BuildError};
-use crate::config::Config;
+use crate::aggregate::Accepted;
+use crate::config::{Config, Mode, Protocol};
+use crate::frame;
 use crate::fanout::PodRequest;
 use crate::fanout::headers::{self, BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS};
 use crate::route::Route;
@@ -131,29 +135,65 @@ async fn handle(
         Ok(body) => body,
         Err(error) => return reject(&route, Some(&id), error),
     };
-    let request = PodRequest {
-        path_and_query: route.upstream_path_and_query(&parts.uri, &params),
-        headers: headers::forwarded(&parts.headers, peer.ip(), &id),
-        method: parts.method,
-        body,
+    let answer = match route.protocol {
+        Protocol::Udp => {
+            let size = frame::encoded_len(&id, body.len());
+            if size > route.udp.max_datagram_bytes {
+                let error = ApiError::DatagramTooLarge {
+                    size,
+                    limit: route.udp.max_datagram_bytes,
+                };
+                return reject(&route, Some(&id), error);
+            }
+            let sent = state
+                .broadcaster
+                .send_udp(Arc::clone(&route), service, id.clone(), body)
+                .await;
+            sent.map(|report| {
+                let headers = (report.targets, None);
+                (StatusCode::ACCEPTED, Json(report).into_response(), headers)
+            })
+        }
+        Protocol::Http => {
+            let request = PodRequest {
+                path_and_query: route.upstream_path_and_query(&parts.uri, &params),
+                headers: headers::forwarded(&parts.headers, peer.ip(), &id),
+                method: parts.method,
+                body,
+            };
+            let started = state
+                .broadcaster
+                .start(Arc::clone(&route), service, id.clone(), request)
+                .await;
+            match (started, route.mode) {
+                (Err(error), _) => Err(error),
+                (Ok(started), Mode::Async) => {
+                    let accepted = Accepted {
+                        id: id.clone(),
+                        route: route.name.to_string(),
+                        mode: "async",
+                        targets: started.targets,
+                    };
+                    let headers = (started.targets, None);
+                    Ok((StatusCode::ACCEPTED, Json(accepted).into_response(), headers))
+                }
+                (Ok(started), Mode::Sync) => {
+                    let report = started.report().await;
+                    let headers = (report.targets, Some(report.succeeded));
+                    Ok((report.status(route.policy), Json(report).into_response(), headers))
+                }
+            }
+        }
     };
-    let policy = route.policy;
-    match state
-        .broadcaster
-        .broadcast(Arc::clone(&route), service, id.clone(), request)
-        .await
-    {
-        Ok(report) => {
-            let status = report.status(policy);
-            let (targets, succeeded) = (report.targets, report.succeeded);
-            let mut response = (status, Json(report)).into_response();
+    match answer {
+        Ok((status, mut response, (targets, succeeded))) => {
+            *response.status_mut() = status;
             let headers = response.headers_mut();
-            headers.insert(
-                BROADCAST_ID,
-                HeaderValue::from_str(&id).expect("validated id"),
-            );
+            headers.insert(BROADCAST_ID, HeaderValue::from_str(&id).expect("validated id"));
             headers.insert(BROADCAST_TARGETS, targets.into());
-            headers.insert(BROADCAST_SUCCEEDED, succeeded.into());
+            if let Some(succeeded) = succeeded {
+                headers.insert(BROADCAST_SUCCEEDED, succeeded.into());
+            }
             response
         }
         Err(error) => reject(&route, Some(&id), error.into()),

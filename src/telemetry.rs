@@ -82,6 +82,8 @@ const DELIVERY_ATTEMPTS: &str = "broadcast_router_delivery_attempts_total";
 const DELIVERY_DURATION: &str = "broadcast_router_delivery_duration_seconds";
 const DNS_LOOKUPS: &str = "broadcast_router_dns_lookups_total";
 const DNS_STALE: &str = "broadcast_router_dns_stale_answers_total";
+const REPORTS: &str = "broadcast_router_reports_total";
+const DATAGRAMS: &str = "broadcast_router_udp_datagrams_total";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -107,6 +109,14 @@ fn describe() {
     describe_counter!(
         DNS_LOOKUPS,
         "DNS lookups by outcome (ok, empty, no_records, error)."
+    );
+    describe_counter!(
+        REPORTS,
+        "Reports POSTed to report_to collectors, by route and outcome (delivered, failed)."
+    );
+    describe_counter!(
+        DATAGRAMS,
+        "UDP datagrams by route and outcome (sent, error), repeats included."
     );
     describe_counter!(
         DNS_STALE,
@@ -153,4 +163,14 @@ pub fn dns_lookup(outcome: &'static str) {
 /// A stale DNS answer was used because DNS was failing.
 pub fn dns_stale_answer() {
     counter!(DNS_STALE).increment(1);
+}
+
+/// A report was delivered to (or given up on by) a route's collector.
+pub fn report_sent(route: &str, outcome: &'static str) {
+    counter!(REPORTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// Datagrams of a UDP broadcast were sent (`outcome`: sent or error).
+pub fn datagrams(route: &str, outcome: &'static str, count: u64) {
+    counter!(DATAGRAMS, "route" => route.to_owned(), "outcome" => outcome).increment(count);
 }

@@ -9,7 +9,14 @@ use std::time::Duration;
 use axum::http::Method;
 
 use super::load::{Sink, Spans};
-use super::{Config, RouteConfig};
+use super::{Config, Mode, Protocol, RouteConfig};
+
+/// Largest datagram that crosses a 1500-byte MTU unfragmented (IPv4).
+const SAFE_DATAGRAM: u64 = 1472;
+/// Largest UDP payload at all.
+const MAX_UDP_PAYLOAD: u64 = 65507;
+/// Smallest useful datagram limit (header plus a long id).
+const MIN_DATAGRAM: u64 = 256;
 use crate::aggregate::{Policy, Quorum};
 use crate::route::{SERVICE_PLACEHOLDER, parse_static_target, valid_service_name};
 
@@ -71,6 +78,7 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
         check.targets();
         check.upstream_path();
         check.limits();
+        check.delivery();
     }
 }
 
@@ -325,6 +333,65 @@ impl RouteCheck<'_, '_, '_> {
                 );
             }
             rest = &after[close + 1..];
+        }
+    }
+
+    fn delivery(&mut self) {
+        let route = self.route;
+        match route.protocol {
+            Protocol::Http => {
+                if route.udp.is_some() {
+                    self.problem("udp", "the `udp` table needs `protocol = \"udp\"`");
+                }
+            }
+            Protocol::Udp => {
+                if route.mode == Mode::Async {
+                    self.problem(
+                        "mode",
+                        "`mode = \"async\"` applies to HTTP routes; UDP routes already answer once the datagrams are sent",
+                    );
+                }
+                if route.upstream_path.is_some() {
+                    self.problem("upstream_path", "`upstream_path` does not apply to UDP routes");
+                }
+                let udp = route.udp.clone().unwrap_or_default();
+                if !(1..=20).contains(&udp.repeat) {
+                    self.problem("udp", "`udp.repeat` must be between 1 and 20");
+                }
+                if udp.interval > Duration::from_secs(1) {
+                    self.problem("udp", "`udp.interval` above 1s is not allowed");
+                }
+                let max = udp.max_datagram_bytes.as_u64();
+                let ceiling = if udp.large_datagrams { MAX_UDP_PAYLOAD } else { SAFE_DATAGRAM };
+                if max < MIN_DATAGRAM || max > ceiling {
+                    let hint = if udp.large_datagrams || max < MIN_DATAGRAM {
+                        String::new()
+                    } else {
+                        format!(
+                            "; datagrams above {SAFE_DATAGRAM} bytes get fragmented, set `large_datagrams = true` to allow them anyway"
+                        )
+                    };
+                    self.problem(
+                        "udp",
+                        format!(
+                            "`udp.max_datagram_bytes` must be between {MIN_DATAGRAM} and {ceiling} bytes, got {max}{hint}"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(url) = &route.report_to {
+            match reqwest::Url::parse(url) {
+                Ok(parsed) if parsed.scheme() == "http" && parsed.host().is_some() => {}
+                Ok(_) => self.problem(
+                    "report_to",
+                    format!("`report_to` must be an http:// URL with a host, got `{url}`"),
+                ),
+                Err(error) => self.problem(
+                    "report_to",
+                    format!("`report_to` `{url}` is not a URL: {error}"),
+                ),
+            }
         }
     }
 

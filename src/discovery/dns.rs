@@ -44,6 +44,9 @@ pub enum LookupError {
     Failed(String),
 }
 
+/// Names kept before unusable entries are pruned.
+const MAX_ENTRIES: usize = 4096;
+
 /// A TTL-honouring, stale-serving cache of Service addresses.
 pub struct DnsCache {
     resolver: TokioResolver,
@@ -159,6 +162,18 @@ impl DnsCache {
 
     fn entry(&self, service: &str) -> Arc<Entry> {
         let mut entries = self.entries.lock().expect("dns cache lock");
+        if entries.len() >= MAX_ENTRIES && !entries.contains_key(service) {
+            // Templated routes can ask for many names; forget those whose
+            // answers can no longer be served, so the cache stays bounded.
+            let now = Instant::now();
+            entries.retain(|_, entry| {
+                let state = entry.state.lock().expect("dns cache lock");
+                state
+                    .answer
+                    .as_ref()
+                    .is_some_and(|answer| self.servable_stale(answer, now) || now < answer.expires)
+            });
+        }
         entries.entry(service.to_owned()).or_default().clone()
     }
 

@@ -25,6 +25,16 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
+    /// A UDP route's datagram would exceed `max_datagram_bytes`.
+    #[error(
+        "the datagram would be {size} bytes (header included), above the route's limit of {limit}; nothing was sent"
+    )]
+    DatagramTooLarge {
+        /// Header plus payload.
+        size: usize,
+        /// The route's `udp.max_datagram_bytes`.
+        limit: usize,
+    },
     /// The body could not be read from the client.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -42,7 +52,9 @@ impl ApiError {
         match self {
             ApiError::BadBroadcastId | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
             ApiError::ServiceRefused(_) => StatusCode::FORBIDDEN,
-            ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             ApiError::Discovery(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
         }
@@ -53,7 +65,7 @@ impl ApiError {
         match self {
             ApiError::BadBroadcastId | ApiError::BodyRead(_) => "bad_request",
             ApiError::ServiceRefused(_) => "refused",
-            ApiError::TooLarge { .. } => "too_large",
+            ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => "too_large",
             ApiError::Discovery(DiscoveryError::NoPods { .. }) => "no_targets",
             ApiError::Discovery(DiscoveryError::Dns { .. }) => "dns_error",
             ApiError::NoRoute => "no_route",
