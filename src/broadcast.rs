@@ -26,8 +26,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::aggregate::{Report, UdpReport};
-use crate::config::Mode;
 use crate::config::DnsConfig;
+use crate::config::Mode;
 use crate::discovery::{Discovery, DiscoveryError, Target, dns::LookupError};
 use crate::fanout::udp::UdpSender;
 use crate::fanout::{Delivery, Fanout, PodRequest};
@@ -156,6 +156,7 @@ impl Broadcaster {
                 telemetry::datagrams(&route.name, "sent", u64::from(sent));
                 telemetry::datagrams(&route.name, "error", u64::from(expected - sent));
                 let datagram_bytes = crate::frame::encoded_len(&id, payload.len());
+                let id_of_udp = id.clone();
                 let report = UdpReport {
                     id,
                     route: route.name.to_string(),
@@ -168,23 +169,39 @@ impl Broadcaster {
                     results,
                 };
                 telemetry::broadcast_finished(&route.name, report.ok, started.elapsed());
-                tracing::info!(ok = report.ok, targets = report.targets, datagrams = sent, "UDP broadcast sent.");
-                this.report(&route, &report.id, &report).await;
+                tracing::info!(
+                    ok = report.ok,
+                    targets = report.targets,
+                    datagrams = sent,
+                    "UDP broadcast sent."
+                );
+                let json = this.serialize_for_collector(&route, &report);
                 let _ = answer.send(report);
+                this.report(&route, &id_of_udp, json).await;
             }
             .instrument(span),
         );
         Ok(answered.await.expect("a UDP broadcast task always answers"))
     }
 
-    /// POSTs a finished report to the route's collector, if it has one.
-    async fn report(&self, route: &Route, id: &str, report: &impl serde::Serialize) {
-        let Some(to) = &route.report_to else {
-            return;
-        };
-        match serde_json::to_vec(report) {
-            Ok(json) => report_to::send(self.fanout.client(), to, &route.name, id, json.into()).await,
-            Err(error) => tracing::error!(%error, "Report could not be serialized."),
+    /// The report as JSON, when the route has a collector to send it to.
+    fn serialize_for_collector(
+        &self,
+        route: &Route,
+        report: &impl serde::Serialize,
+    ) -> Option<bytes::Bytes> {
+        route.report_to.as_ref()?;
+        serde_json::to_vec(report)
+            .inspect_err(|error| tracing::error!(%error, "Report could not be serialized."))
+            .ok()
+            .map(Into::into)
+    }
+
+    /// POSTs a finished report to the route's collector (after the client
+    /// has its answer, so a slow collector never delays clients).
+    async fn report(&self, route: &Route, id: &str, json: Option<bytes::Bytes>) {
+        if let (Some(to), Some(json)) = (&route.report_to, json) {
+            report_to::send(self.fanout.client(), to, &route.name, id, json).await;
         }
     }
 
@@ -250,13 +267,14 @@ impl Broadcaster {
             answered_early = answer.is_none(),
             "Broadcast finished."
         );
-        self.report(&route, &id, &report).await;
+        let json = self.serialize_for_collector(&route, &report);
         if let Some(answer) = answer
             && answer.send(report).is_err()
             && route.mode == Mode::Sync
         {
             tracing::info!("The client left before the answer; the broadcast completed anyway.");
         }
+        self.report(&route, &id, json).await;
     }
 
     /// Stops accepting broadcasts and waits up to `grace` for running ones.

@@ -17,6 +17,9 @@
 //!
 //! [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
 //! demo on loopback addresses.
+//!
+//! On the pods' side, [`receiver`] receives UDP broadcasts (datagrams in the
+//! [`frame`] format), drops repeated copies and hands each message on once.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -28,6 +31,7 @@ pub mod demo;
 pub mod discovery;
 pub mod fanout;
 pub mod frame;
+pub mod receiver;
 pub mod route;
 pub mod server;
 pub mod telemetry;

@@ -31,12 +31,12 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::broadcast::{Broadcaster, BuildError};
 use crate::aggregate::Accepted;
+use crate::broadcast::{Broadcaster, BuildError};
 use crate::config::{Config, Mode, Protocol};
-use crate::frame;
 use crate::fanout::PodRequest;
 use crate::fanout::headers::{self, BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS};
+use crate::frame;
 use crate::route::Route;
 use crate::telemetry;
 
@@ -175,12 +175,20 @@ async fn handle(
                         targets: started.targets,
                     };
                     let headers = (started.targets, None);
-                    Ok((StatusCode::ACCEPTED, Json(accepted).into_response(), headers))
+                    Ok((
+                        StatusCode::ACCEPTED,
+                        Json(accepted).into_response(),
+                        headers,
+                    ))
                 }
                 (Ok(started), Mode::Sync) => {
                     let report = started.report().await;
                     let headers = (report.targets, Some(report.succeeded));
-                    Ok((report.status(route.policy), Json(report).into_response(), headers))
+                    Ok((
+                        report.status(route.policy),
+                        Json(report).into_response(),
+                        headers,
+                    ))
                 }
             }
         }
@@ -189,7 +197,10 @@ async fn handle(
         Ok((status, mut response, (targets, succeeded))) => {
             *response.status_mut() = status;
             let headers = response.headers_mut();
-            headers.insert(BROADCAST_ID, HeaderValue::from_str(&id).expect("validated id"));
+            headers.insert(
+                BROADCAST_ID,
+                HeaderValue::from_str(&id).expect("validated id"),
+            );
             headers.insert(BROADCAST_TARGETS, targets.into());
             if let Some(succeeded) = succeeded {
                 headers.insert(BROADCAST_SUCCEEDED, succeeded.into());

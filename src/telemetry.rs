@@ -83,6 +83,7 @@ const DELIVERY_DURATION: &str = "broadcast_router_delivery_duration_seconds";
 const DNS_LOOKUPS: &str = "broadcast_router_dns_lookups_total";
 const DNS_STALE: &str = "broadcast_router_dns_stale_answers_total";
 const REPORTS: &str = "broadcast_router_reports_total";
+const REPORT_RETRIES: &str = "broadcast_router_report_retries_total";
 const DATAGRAMS: &str = "broadcast_router_udp_datagrams_total";
 
 fn describe() {
@@ -113,6 +114,10 @@ fn describe() {
     describe_counter!(
         REPORTS,
         "Reports POSTed to report_to collectors, by route and outcome (delivered, failed)."
+    );
+    describe_counter!(
+        REPORT_RETRIES,
+        "Report POSTs that failed and were retried, by route."
     );
     describe_counter!(
         DATAGRAMS,
@@ -168,6 +173,11 @@ pub fn dns_stale_answer() {
 /// A report was delivered to (or given up on by) a route's collector.
 pub fn report_sent(route: &str, outcome: &'static str) {
     counter!(REPORTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// A report POST failed and will be retried.
+pub fn report_retry(route: &str) {
+    counter!(REPORT_RETRIES, "route" => route.to_owned()).increment(1);
 }
 
 /// Datagrams of a UDP broadcast were sent (`outcome`: sent or error).

@@ -61,6 +61,7 @@ pub async fn send(client: &reqwest::Client, to: &ReportTo, route: &str, id: &str
             );
             return;
         }
+        telemetry::report_retry(route);
         tracing::warn!(collector = %to.url, attempts, error = %problem, retry_in = ?delay, "Report delivery failed; retrying.");
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(5));

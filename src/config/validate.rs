@@ -352,7 +352,10 @@ impl RouteCheck<'_, '_, '_> {
                     );
                 }
                 if route.upstream_path.is_some() {
-                    self.problem("upstream_path", "`upstream_path` does not apply to UDP routes");
+                    self.problem(
+                        "upstream_path",
+                        "`upstream_path` does not apply to UDP routes",
+                    );
                 }
                 let udp = route.udp.clone().unwrap_or_default();
                 if !(1..=20).contains(&udp.repeat) {
@@ -362,7 +365,11 @@ impl RouteCheck<'_, '_, '_> {
                     self.problem("udp", "`udp.interval` above 1s is not allowed");
                 }
                 let max = udp.max_datagram_bytes.as_u64();
-                let ceiling = if udp.large_datagrams { MAX_UDP_PAYLOAD } else { SAFE_DATAGRAM };
+                let ceiling = if udp.large_datagrams {
+                    MAX_UDP_PAYLOAD
+                } else {
+                    SAFE_DATAGRAM
+                };
                 if max < MIN_DATAGRAM || max > ceiling {
                     let hint = if udp.large_datagrams || max < MIN_DATAGRAM {
                         String::new()
