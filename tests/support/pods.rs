@@ -60,7 +60,7 @@ impl Gate {
     }
 
     async fn wait(&self) {
-        let _ = self.0.acquire().await.expect("gate never closes").forget();
+        self.0.acquire().await.expect("gate never closes").forget();
     }
 }
 
