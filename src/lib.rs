@@ -18,8 +18,7 @@
 //! [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
 //! demo on loopback addresses.
 //!
-//! On the pods' side, [`receiver`] receives UDP broadcasts (datagrams in the
-//! [`frame`] format), drops repeated copies and hands each message on once.
+//! [`receiver`] runs on pods: it hands each UDP broadcast ([`frame`]) on once.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,14 +1,17 @@
-//! The `broadcast-router` command: serve, check, resolve, demo.
+//! The `broadcast-router` command: serve, check, resolve, demo, listen.
 
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use broadcast_router::config::{Config, ConfigError};
 use broadcast_router::discovery::Discovery;
+use broadcast_router::receiver::{self, Forwarder, Receiver, ReceiverOptions, Sink};
 use broadcast_router::route::{Route, TargetSource};
 use broadcast_router::telemetry::{self, LogFormat};
 use broadcast_router::{demo, server};
@@ -53,6 +56,29 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         pods: usize,
     },
+    /// On a pod: receive UDP broadcasts, drop repeated copies, and print each
+    /// message as a JSON line on stdout (or POST it to a local URL).
+    Listen(ListenArgs),
+}
+
+#[derive(Args)]
+struct ListenArgs {
+    /// The UDP port broadcasts arrive on (0 picks a free one; the log says which).
+    #[arg(long, default_value_t = 12000)]
+    port: u16,
+    /// The address to receive on.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// POST each payload to this http:// URL, with X-Broadcast-Id and
+    /// X-Broadcast-Sequence headers, instead of printing it.
+    #[arg(long, value_name = "URL")]
+    forward_to: Option<reqwest::Url>,
+    /// How many broadcast ids to remember for dropping duplicates.
+    #[arg(long, default_value = "4096")]
+    window: NonZeroUsize,
+    /// How long to remember a broadcast id, e.g. 10m or 90s.
+    #[arg(long, default_value = "10m", value_parser = parse_window_age)]
+    window_age: Duration,
 }
 
 #[derive(Args)]
@@ -115,6 +141,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             );
             println!("Press ctrl-c to stop.");
             serve(&config).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Listen(args) => {
+            listen(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -203,6 +233,31 @@ async fn resolve(config: &Config, name: &str, service: Option<&str>) -> anyhow::
         service.map(|s| format!(" from {s}")).unwrap_or_default()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn listen(args: ListenArgs) -> anyhow::Result<()> {
+    let sink = match args.forward_to {
+        Some(url) => Sink::Forward(Forwarder::new(url)?),
+        None => Sink::Stdout,
+    };
+    let addr = SocketAddr::new(args.bind, args.port);
+    let options = ReceiverOptions {
+        window: args.window.get(),
+        window_age: args.window_age,
+    };
+    let receiver = Receiver::bind(addr, options)
+        .await
+        .with_context(|| format!("cannot receive on UDP {addr}"))?;
+    receiver::run(receiver, sink, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn parse_window_age(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(age) if age.is_zero() => Err("the window age must be above zero".to_owned()),
+        Ok(age) => Ok(age),
+        Err(error) => Err(error.to_string()),
+    }
 }
 
 async fn shutdown_signal() {

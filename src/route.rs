@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::http::{Method, Uri};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::aggregate::Policy;
 use crate::config::{Mode, Protocol, RouteConfig};
@@ -173,22 +174,68 @@ impl Route {
         Ok(Some(name.replace(SERVICE_PLACEHOLDER, requested)))
     }
 
-    /// The path and query the pods receive.
-    pub fn upstream_path_and_query(&self, uri: &Uri, params: &[(String, String)]) -> String {
+    /// The path and query the pods receive. Captured values are
+    /// re-encoded before they fill `upstream_path`, so a client cannot add
+    /// a query, a fragment or `..` segments to the pods' path.
+    pub fn upstream_path_and_query(
+        &self,
+        uri: &Uri,
+        params: &[(String, String)],
+    ) -> Result<String, UnsafePath> {
         let Some(template) = &self.upstream_path else {
-            return uri
+            return Ok(uri
                 .path_and_query()
-                .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned());
+                .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()));
         };
         let mut path = template.clone();
         for (name, value) in params {
-            path = path.replace(&format!("{{{name}}}"), value);
+            let wildcard = self.path.contains(&format!("{{*{name}}}"));
+            let encoded = if wildcard {
+                let segments: Result<Vec<String>, UnsafePath> =
+                    value.split('/').map(encode_segment).collect();
+                segments?.join("/")
+            } else {
+                encode_segment(value)?
+            };
+            path = path.replace(&format!("{{{name}}}"), &encoded);
         }
-        match uri.query() {
-            Some(query) if !path.contains('?') => format!("{path}?{query}"),
+        Ok(match uri.query() {
+            Some(query) if !template.contains('?') => format!("{path}?{query}"),
             _ => path,
-        }
+        })
     }
+}
+
+/// A captured path value that would climb out of `upstream_path`.
+#[derive(Debug, thiserror::Error)]
+#[error("the path contains a `.` or `..` segment, which cannot be forwarded")]
+pub struct UnsafePath;
+
+/// Characters escaped in a forwarded path segment: controls, space, `%`,
+/// `/`, `?`, `#` and those RFC 3986 does not allow in a path.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'%')
+    .add(b'/')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'[')
+    .add(b'\\')
+    .add(b']')
+    .add(b'^')
+    .add(b'`')
+    .add(b'{')
+    .add(b'|')
+    .add(b'}');
+
+fn encode_segment(segment: &str) -> Result<String, UnsafePath> {
+    if segment == "." || segment == ".." {
+        return Err(UnsafePath);
+    }
+    Ok(utf8_percent_encode(segment, SEGMENT).to_string())
 }
 
 /// Whether `label` is one lowercase DNS label that cannot escape its
@@ -260,6 +307,32 @@ mod tests {
         ] {
             assert!(!is_service_label(hostile), "{hostile:?} must be refused");
         }
+    }
+
+    #[test]
+    fn captured_values_cannot_rewrite_the_upstream_path() {
+        let config: RouteConfig = toml::from_str(
+            "name = \"r\"\npath = \"/{service}/{*rest}\"\nupstream_path = \"/api/{rest}\"\ntargets = [\"127.0.0.2:80\"]",
+        )
+        .unwrap();
+        let route = Route::from_config(&config);
+        let forward = |rest: &str, uri: &str| {
+            let params = [("rest".to_owned(), rest.to_owned())];
+            route.upstream_path_and_query(&uri.parse().unwrap(), &params)
+        };
+        assert_eq!(forward("a/b c", "/web/x?q=1").unwrap(), "/api/a/b%20c?q=1");
+        assert_eq!(
+            forward("a?evil=1", "/web/x?q=1").unwrap(),
+            "/api/a%3Fevil=1?q=1"
+        );
+        assert_eq!(forward("a#b", "/web/x").unwrap(), "/api/a%23b");
+        assert_eq!(
+            forward("a\r\nX-Evil: 1", "/web/x").unwrap(),
+            "/api/a%0D%0AX-Evil:%201"
+        );
+        assert_eq!(forward("100%", "/web/x").unwrap(), "/api/100%25");
+        assert!(forward("../admin", "/web/x").is_err());
+        assert!(forward("a/./b", "/web/x").is_err());
     }
 
     #[test]

@@ -155,8 +155,12 @@ async fn handle(
             })
         }
         Protocol::Http => {
+            let path_and_query = match route.upstream_path_and_query(&parts.uri, &params) {
+                Ok(path) => path,
+                Err(unsafe_path) => return reject(&route, Some(&id), unsafe_path.into()),
+            };
             let request = PodRequest {
-                path_and_query: route.upstream_path_and_query(&parts.uri, &params),
+                path_and_query,
                 headers: headers::forwarded(&parts.headers, peer.ip(), &id),
                 method: parts.method,
                 body,
@@ -272,6 +276,8 @@ pub struct Running {
 
 /// Binds both listeners and starts serving `config`.
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    // Install the metrics recorder before anything can record.
+    telemetry::metrics();
     let state = Arc::new(AppState::new(config)?);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)

@@ -67,8 +67,23 @@ struct Entry {
 #[derive(Default, Clone)]
 struct State {
     answer: Option<Answer>,
-    /// When the most recent lookup failed, if it did.
-    last_failure: Option<Instant>,
+    /// When and how the most recent lookup failed, if it did.
+    failure: Option<(Instant, LookupError)>,
+}
+
+impl State {
+    /// What to answer while DNS is failing: the last good answer within
+    /// `serve_stale_for`, otherwise the failure itself.
+    fn fallback(&self, cache: &DnsCache, now: Instant) -> Result<Arc<[IpAddr]>, LookupError> {
+        match (&self.answer, &self.failure) {
+            (Some(answer), _) if cache.servable_stale(answer, now) => {
+                telemetry::dns_stale_answer();
+                Ok(answer.ips.clone())
+            }
+            (_, Some((_, error))) => Err(error.clone()),
+            (_, None) => Err(LookupError::Failed("no answer yet".to_owned())),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -147,15 +162,13 @@ impl DnsCache {
                 self.refresh_in_background(service, &entry);
                 return Ok(answer.ips.clone());
             }
-            // Expired. While DNS is failing, don't make every broadcast
-            // wait for it: serve stale and retry at most once per min_ttl.
-            let failing_recently = state
-                .last_failure
-                .is_some_and(|failed| now < failed + self.min_ttl);
-            if failing_recently && self.servable_stale(answer, now) {
-                telemetry::dns_stale_answer();
-                return Ok(answer.ips.clone());
-            }
+        }
+        // Expired or never resolved. While DNS is failing, don't make every
+        // broadcast wait for it: ask again at most once per min_ttl.
+        if let Some((failed, _)) = &state.failure
+            && now < *failed + self.min_ttl
+        {
+            return state.fallback(self, now);
         }
         self.refresh(service, &entry, now).await
     }
@@ -165,14 +178,21 @@ impl DnsCache {
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(service) {
             // Templated routes can ask for many names; forget those whose
             // answers can no longer be served, so the cache stays bounded.
+            // Entries still being resolved for the first time are kept.
             let now = Instant::now();
             entries.retain(|_, entry| {
                 let state = entry.state.lock().expect("dns cache lock");
                 state
                     .answer
                     .as_ref()
-                    .is_some_and(|answer| self.servable_stale(answer, now) || now < answer.expires)
+                    .is_none_or(|answer| now < answer.expires || self.servable_stale(answer, now))
             });
+            // Still full of usable answers: drop one, the bound is firm.
+            if entries.len() >= MAX_ENTRIES
+                && let Some(victim) = entries.keys().next().cloned()
+            {
+                entries.remove(&victim);
+            }
         }
         entries.entry(service.to_owned()).or_default().clone()
     }
@@ -204,11 +224,17 @@ impl DnsCache {
     ) -> Result<Arc<[IpAddr]>, LookupError> {
         let _running = entry.refreshing.lock().await;
         {
+            // Whatever the lookup we waited for found is news enough.
             let state = entry.state.lock().expect("dns cache lock");
             if let Some(answer) = &state.answer
                 && answer.fetched >= asked
             {
                 return Ok(answer.ips.clone());
+            }
+            if let Some((failed, _)) = &state.failure
+                && *failed >= asked
+            {
+                return state.fallback(self, Instant::now());
             }
         }
 
@@ -229,7 +255,7 @@ impl DnsCache {
                 tracing::debug!(service, pods = ips.len(), ttl = ?ttl, "Resolved service.");
                 let ips: Arc<[IpAddr]> = ips.into();
                 state.answer = Some(Answer::new(ips.clone(), now, ttl, false));
-                state.last_failure = None;
+                state.failure = None;
                 Ok(ips)
             }
             Err(error) if error.is_no_records_found() || error.is_nx_domain() => {
@@ -237,28 +263,27 @@ impl DnsCache {
                 tracing::info!(service, %error, "Service has no DNS records.");
                 let ips: Arc<[IpAddr]> = Arc::from([]);
                 state.answer = Some(Answer::new(ips.clone(), now, self.min_ttl, true));
-                state.last_failure = None;
+                state.failure = None;
                 Ok(ips)
             }
             Err(error) => {
                 telemetry::dns_lookup("error");
-                state.last_failure = Some(now);
-                match &state.answer {
-                    Some(answer) if self.servable_stale(answer, now) => {
-                        telemetry::dns_stale_answer();
-                        tracing::warn!(
-                            service,
-                            %error,
-                            stale_for = ?now.saturating_duration_since(answer.expires),
-                            "DNS lookup failed; serving the last good answer."
-                        );
-                        Ok(answer.ips.clone())
-                    }
-                    _ => {
-                        tracing::error!(service, %error, "DNS lookup failed and no usable answer is cached.");
-                        Err(LookupError::Failed(error.to_string()))
-                    }
+                state.failure = Some((now, LookupError::Failed(error.to_string())));
+                let result = state.fallback(self, now);
+                match (&result, &state.answer) {
+                    (Ok(_), Some(answer)) => tracing::warn!(
+                        service,
+                        %error,
+                        stale_for = ?now.saturating_duration_since(answer.expires),
+                        "DNS lookup failed; serving the last good answer."
+                    ),
+                    _ => tracing::error!(
+                        service,
+                        %error,
+                        "DNS lookup failed and no usable answer is cached."
+                    ),
                 }
+                result
             }
         }
     }

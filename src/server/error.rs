@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::discovery::DiscoveryError;
 use crate::fanout::headers::BROADCAST_ID;
-use crate::route::ServiceRefused;
+use crate::route::{ServiceRefused, UnsafePath};
 
 /// Why a request was answered without a broadcast.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +35,9 @@ pub enum ApiError {
         /// The route's `udp.max_datagram_bytes`.
         limit: usize,
     },
+    /// A captured path value would climb out of `upstream_path`.
+    #[error(transparent)]
+    UnsafePath(#[from] UnsafePath),
     /// The body could not be read from the client.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -50,7 +53,9 @@ impl ApiError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadBroadcastId | ApiError::BodyRead(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadBroadcastId | ApiError::BodyRead(_) | ApiError::UnsafePath(_) => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::ServiceRefused(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -63,7 +68,9 @@ impl ApiError {
     /// The metrics label of the rejected broadcast.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::BadBroadcastId | ApiError::BodyRead(_) => "bad_request",
+            ApiError::BadBroadcastId | ApiError::BodyRead(_) | ApiError::UnsafePath(_) => {
+                "bad_request"
+            }
             ApiError::ServiceRefused(_) => "refused",
             ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => "too_large",
             ApiError::Discovery(DiscoveryError::NoPods { .. }) => "no_targets",
