@@ -178,3 +178,50 @@ async fn udp_settings_are_validated() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receiver_library_delivers_each_router_broadcast_exactly_once() {
+    use broadcast_router::receiver::{Receiver, ReceiverOptions};
+
+    let (_, sockets) = listeners(178, 2).await;
+    let router = TestRouter::start(&udp_route(
+        &sockets,
+        "udp = { repeat = 3, interval = \"2ms\" }",
+    ))
+    .await;
+    let mut receivers: Vec<Receiver> = sockets
+        .into_iter()
+        .map(|socket| Receiver::from_socket(socket, ReceiverOptions::default()))
+        .collect();
+
+    let mut ids = Vec::new();
+    for body in ["one", "two"] {
+        let answer = router.post("/notify", body).await;
+        assert_eq!(answer.status, StatusCode::ACCEPTED);
+        ids.push(answer.header("x-broadcast-id").to_owned());
+    }
+    // A final broadcast marks the end: everything before it has been read
+    // once it arrives (loopback keeps one sender's datagrams in order).
+    let end = router.post("/notify", "end").await;
+    let end_id = end.header("x-broadcast-id").to_owned();
+
+    for receiver in &mut receivers {
+        let mut delivered = Vec::new();
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), receiver.next())
+                .await
+                .expect("a message arrives")
+                .unwrap();
+            if message.id == end_id {
+                break;
+            }
+            delivered.push((message.id, message.payload));
+        }
+        assert_eq!(delivered.len(), 2, "each broadcast once, copies dropped");
+        assert_eq!(delivered[0].0, ids[0]);
+        assert_eq!(&delivered[0].1[..], b"one");
+        assert_eq!(delivered[1].0, ids[1]);
+        assert_eq!(&delivered[1].1[..], b"two");
+        assert_eq!(receiver.stats().duplicates, 4);
+    }
+}
