@@ -74,10 +74,11 @@ pub enum BuildError {
 }
 
 impl Broadcaster {
-    /// Builds the shared discovery and delivery machinery.
-    pub fn new(dns: &DnsConfig) -> Result<Self, BuildError> {
+    /// Builds the shared discovery and delivery machinery; the DNS
+    /// resolver only `with_dns` (some route names a `service`).
+    pub fn new(dns: &DnsConfig, with_dns: bool) -> Result<Self, BuildError> {
         Ok(Self {
-            discovery: Discovery::new(dns)?,
+            discovery: Discovery::new(dns, with_dns)?,
             fanout: Fanout::new()?,
             tasks: TaskTracker::new(),
             in_flight: Mutex::default(),

@@ -55,15 +55,20 @@ pub enum DiscoveryError {
 
 /// Finds the pods of every route.
 pub struct Discovery {
-    dns: Arc<dns::DnsCache>,
+    /// Built only when some route names a `service`, so configurations of
+    /// static targets never depend on the system resolver configuration.
+    dns: Option<Arc<dns::DnsCache>>,
 }
 
 impl Discovery {
-    /// Builds the DNS resolver from the `[dns]` settings.
-    pub fn new(config: &DnsConfig) -> Result<Self, dns::LookupError> {
-        Ok(Self {
-            dns: Arc::new(dns::DnsCache::new(config)?),
-        })
+    /// Builds the DNS resolver from the `[dns]` settings when `with_dns`.
+    pub fn new(config: &DnsConfig, with_dns: bool) -> Result<Self, dns::LookupError> {
+        let dns = if with_dns {
+            Some(Arc::new(dns::DnsCache::new(config)?))
+        } else {
+            None
+        };
+        Ok(Self { dns })
     }
 
     /// The pods to broadcast to. `service` is the resolved Service name for
@@ -77,14 +82,16 @@ impl Discovery {
             (TargetSource::Fixed(addrs), _) => Ok(targets(addrs.iter().copied(), None)),
             (TargetSource::Service { name, port }, resolved) => {
                 let service = resolved.unwrap_or(name);
-                let ips = self
-                    .dns
-                    .lookup(service)
-                    .await
-                    .map_err(|source| DiscoveryError::Dns {
-                        service: service.to_owned(),
-                        source,
-                    })?;
+                let dns_error = |source| DiscoveryError::Dns {
+                    service: service.to_owned(),
+                    source,
+                };
+                let dns = self.dns.as_ref().ok_or_else(|| {
+                    dns_error(dns::LookupError::Build(
+                        "no resolver: the configuration had no service routes".to_owned(),
+                    ))
+                })?;
+                let ips = dns.lookup(service).await.map_err(dns_error)?;
                 if ips.is_empty() {
                     return Err(DiscoveryError::NoPods {
                         service: service.to_owned(),

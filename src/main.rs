@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use broadcast_router::config::{Config, ConfigError};
+use broadcast_router::config::{Config, ConfigError, Protocol};
 use broadcast_router::discovery::Discovery;
 use broadcast_router::receiver::{self, Forwarder, Receiver, ReceiverOptions, Sink};
 use broadcast_router::route::{Route, TargetSource};
@@ -181,12 +181,15 @@ fn check(arg: &ConfigArg) -> ExitCode {
                         TargetSource::Fixed(addrs) => format!("{} static targets", addrs.len()),
                         TargetSource::Service { name, port } => format!("{name}:{port}"),
                     };
+                    let judged = match compiled.protocol {
+                        Protocol::Http => format!("policy {}", route.policy),
+                        Protocol::Udp => format!("udp x{}", compiled.udp.repeat),
+                    };
                     format!(
-                        "{} ({} {} -> {to}, policy {})",
+                        "{} ({} {} -> {to}, {judged})",
                         route.name,
                         route.methods.join("|"),
                         route.path,
-                        route.policy
                     )
                 })
                 .collect();
@@ -222,7 +225,7 @@ async fn resolve(config: &Config, name: &str, service: Option<&str>) -> anyhow::
     };
     let route = Route::from_config(route);
     let service = route.service_name(service)?;
-    let discovery = Discovery::new(&config.dns)?;
+    let discovery = Discovery::new(&config.dns, service.is_some())?;
     let targets = discovery.targets(&route.source, service.as_deref()).await?;
     for target in &targets {
         println!("{target}");

@@ -183,6 +183,9 @@ impl Route {
         params: &[(String, String)],
     ) -> Result<String, UnsafePath> {
         let Some(template) = &self.upstream_path else {
+            if uri.path().split('/').any(is_dot_segment) {
+                return Err(UnsafePath);
+            }
             return Ok(uri
                 .path_and_query()
                 .map_or_else(|| uri.path().to_owned(), |pq| pq.as_str().to_owned()));
@@ -231,8 +234,14 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
+/// Whether a path segment is, or percent-decodes to, `.` or `..`.
+fn is_dot_segment(segment: &str) -> bool {
+    let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
+    decoded == "." || decoded == ".."
+}
+
 fn encode_segment(segment: &str) -> Result<String, UnsafePath> {
-    if segment == "." || segment == ".." {
+    if is_dot_segment(segment) {
         return Err(UnsafePath);
     }
     Ok(utf8_percent_encode(segment, SEGMENT).to_string())
@@ -333,6 +342,15 @@ mod tests {
         assert_eq!(forward("100%", "/web/x").unwrap(), "/api/100%25");
         assert!(forward("../admin", "/web/x").is_err());
         assert!(forward("a/./b", "/web/x").is_err());
+
+        let plain: RouteConfig =
+            toml::from_str("name = \"p\"\npath = \"/x/{*rest}\"\ntargets = [\"127.0.0.2:80\"]")
+                .unwrap();
+        let plain = Route::from_config(&plain);
+        let raw = |uri: &str| plain.upstream_path_and_query(&uri.parse().unwrap(), &[]);
+        assert_eq!(raw("/x/a/b?q=1").unwrap(), "/x/a/b?q=1");
+        assert!(raw("/x/../admin").is_err());
+        assert!(raw("/x/%2e%2E/admin").is_err());
     }
 
     #[test]

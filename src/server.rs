@@ -57,7 +57,10 @@ impl AppState {
                 .iter()
                 .map(|route| Arc::new(Route::from_config(route)))
                 .collect(),
-            broadcaster: Arc::new(Broadcaster::new(&config.dns)?),
+            broadcaster: Arc::new(Broadcaster::new(
+                &config.dns,
+                config.routes.iter().any(|route| route.service.is_some()),
+            )?),
             max_body_bytes: usize::try_from(config.server.max_body_bytes.as_u64())
                 .unwrap_or(usize::MAX),
             ready: AtomicBool::new(false),

@@ -90,7 +90,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         BROADCASTS,
-        "Broadcasts by route and outcome (ok, failed, no_targets, dns_error, refused, too_large)."
+        "Broadcasts by route and outcome (ok, failed, no_targets, dns_error, refused, too_large, bad_request)."
     );
     describe_gauge!(BROADCASTS_IN_FLIGHT, "Broadcasts currently running.");
     describe_histogram!(BROADCAST_TARGETS, "Pods per broadcast (fan-out width).");

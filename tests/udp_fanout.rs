@@ -159,7 +159,7 @@ async fn listener_losing_the_first_copies_still_gets_the_message_once() {
 async fn udp_settings_are_validated() {
     let config = format!(
         "{}\n[[routes]]\nname = \"notify\"\npath = \"/notify\"\nprotocol = \"udp\"\ntargets = [\"127.0.0.2:9\"]\n\
-         mode = \"async\"\nudp = {{ repeat = 0, max_datagram_bytes = \"9000B\" }}\n\
+         mode = \"async\"\nretries = 2\nudp = {{ repeat = 0, max_datagram_bytes = \"9000B\" }}\n\
          \n[[routes]]\nname = \"web\"\npath = \"/web\"\ntargets = [\"127.0.0.2:80\"]\nudp = {{ repeat = 2 }}\n",
         preamble(None)
     );
@@ -171,6 +171,7 @@ async fn udp_settings_are_validated() {
         "`udp.repeat` must be between 1 and 20",
         "set `large_datagrams = true`",
         "the `udp` table needs `protocol = \"udp\"`",
+        "`retries` does not apply to UDP routes",
     ] {
         assert!(
             problems.contains(expected),

@@ -38,10 +38,10 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
             }
             "routes" => match value.get_ref() {
                 DeValue::Array(routes) => {
-                    for route in routes.iter() {
+                    for (position, route) in routes.iter().enumerate() {
                         if let Some(parsed) = sink.deserialize::<RouteConfig>(route) {
                             config.routes.push(parsed);
-                            route_values.push(route);
+                            route_values.push((position, route));
                         }
                     }
                 }
@@ -72,8 +72,9 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
 /// Finds the source position of configuration values for validation messages.
 pub(super) struct Spans<'a> {
     root: &'a DeTable<'a>,
-    /// The TOML value of each successfully parsed route, in `Config::routes` order.
-    routes: Vec<&'a Spanned<DeValue<'a>>>,
+    /// The position in the file and TOML value of each successfully parsed
+    /// route, in `Config::routes` order.
+    routes: Vec<(usize, &'a Spanned<DeValue<'a>>)>,
 }
 
 impl Spans<'_> {
@@ -87,13 +88,24 @@ impl Spans<'_> {
 
     /// The span of route `index`'s `key`, or of the route itself.
     pub(super) fn route(&self, index: usize, key: &str) -> Range<usize> {
-        let route = self.routes[index];
+        let route = self.routes[index].1;
         field(route, key).unwrap_or_else(|| route.span())
+    }
+
+    /// The 1-based position of route `index` among the file's `[[routes]]`
+    /// (routes that failed to parse still count).
+    pub(super) fn route_number(&self, index: usize) -> usize {
+        self.routes[index].0 + 1
+    }
+
+    /// Whether route `index` sets `key` explicitly.
+    pub(super) fn route_sets(&self, index: usize, key: &str) -> bool {
+        field(self.routes[index].1, key).is_some()
     }
 
     /// The span of element `item` of route `index`'s array `key`.
     pub(super) fn route_item(&self, index: usize, key: &str, item: usize) -> Range<usize> {
-        let route = self.routes[index];
+        let route = self.routes[index].1;
         let element = table_value(route, key).and_then(|value| match value.get_ref() {
             DeValue::Array(array) => array.get(item).map(Spanned::span),
             _ => None,

@@ -121,7 +121,7 @@ impl RouteCheck<'_, '_, '_> {
                 "name",
                 format!(
                     "the name is already used by route #{}; names must be unique",
-                    first + 1
+                    self.spans.route_number(first)
                 ),
             );
         }
@@ -182,7 +182,7 @@ impl RouteCheck<'_, '_, '_> {
                         format!(
                             "`{path}` with {} is already served by route #{}",
                             overlap.join(", "),
-                            first + 1
+                            self.spans.route_number(first)
                         ),
                     );
                 }
@@ -351,11 +351,24 @@ impl RouteCheck<'_, '_, '_> {
                         "`mode = \"async\"` applies to HTTP routes; UDP routes already answer once the datagrams are sent",
                     );
                 }
-                if route.upstream_path.is_some() {
-                    self.problem(
-                        "upstream_path",
-                        "`upstream_path` does not apply to UDP routes",
-                    );
+                for key in [
+                    "upstream_path",
+                    "policy",
+                    "timeout",
+                    "retries",
+                    "retry_backoff",
+                    "concurrency",
+                    "deadline",
+                    "max_pod_body_bytes",
+                ] {
+                    if self.spans.route_sets(self.index, key) {
+                        self.problem(
+                            key,
+                            format!(
+                                "`{key}` does not apply to UDP routes: datagrams are not answered"
+                            ),
+                        );
+                    }
                 }
                 let udp = route.udp.clone().unwrap_or_default();
                 if !(1..=20).contains(&udp.repeat) {

@@ -11,8 +11,9 @@
 //!   `serve_stale_for` after it expired; each failure is logged and counted,
 //!   and while failing, DNS is asked again at most once per `min_ttl`.
 //!
-//! NXDOMAIN and empty answers are authoritative: they are cached for
-//! `min_ttl` and mean "this Service has no pods", never "serve stale".
+//! NXDOMAIN and empty answers are authoritative and mean "this Service has
+//! no pods" (503), never "serve stale". NXDOMAIN is cached for `min_ttl`,
+//! an empty answer for its clamped TTL like any other.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
