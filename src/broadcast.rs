@@ -31,6 +31,8 @@ use crate::config::Mode;
 use crate::discovery::{Discovery, DiscoveryError, Target, dns::LookupError};
 use crate::fanout::udp::UdpSender;
 use crate::fanout::{Delivery, Fanout, PodRequest};
+use crate::plugin::bindings::{self, CheckedVerdict, RequestHead};
+use crate::plugin::{PluginFailure, Session};
 use crate::route::Route;
 use crate::telemetry;
 
@@ -46,20 +48,68 @@ pub struct Broadcaster {
     sequence: AtomicU64,
 }
 
-/// A broadcast that is running; its report comes through [`Started::report`].
+/// A broadcast that is running; its answer comes through [`Started::answer`].
 pub struct Started {
     /// How many pods it goes to.
     pub targets: usize,
-    answer: oneshot::Receiver<Report>,
+    answer: oneshot::Receiver<Answer>,
 }
 
 impl Started {
-    /// Waits until the route's policy allows an answer.
-    pub async fn report(self) -> Report {
+    /// Waits until the route's policy (or aggregate plugin) allows an answer.
+    pub async fn answer(self) -> Answer {
         self.answer
             .await
-            .expect("a broadcast task always sends its report")
+            .expect("a broadcast task always sends its answer")
     }
+}
+
+/// What a finished (or early-answered) HTTP broadcast tells its client.
+#[derive(Debug)]
+pub struct Answer {
+    /// The report of every pod's outcome.
+    pub report: Report,
+    /// The verdict of the route's aggregate plugin, when it has one that
+    /// did not fail open.
+    pub verdict: Option<CheckedVerdict>,
+    /// The aggregate plugin failed closed: answer 502 with this.
+    pub plugin_failure: Option<PluginFailure>,
+}
+
+/// Why a broadcast could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// No pods could be discovered.
+    #[error(transparent)]
+    Discovery(#[from] DiscoveryError),
+    /// A plugin failed closed before anything was sent.
+    #[error(transparent)]
+    Plugin(#[from] PluginFailure),
+    /// A UDP datagram (after transforms) would exceed the route's limit.
+    #[error(
+        "the datagram would be {size} bytes (header included), above the route's limit of {limit}; nothing was sent"
+    )]
+    DatagramTooLarge {
+        /// Header plus the largest payload.
+        size: usize,
+        /// The route's `udp.max_datagram_bytes`.
+        limit: usize,
+    },
+    /// The plugins selected no pod at all.
+    #[error("route \"{route}\": the plugins selected none of the {discovered} discovered pods")]
+    NoneSelected {
+        /// The route.
+        route: Arc<str>,
+        /// How many pods discovery found.
+        discovered: usize,
+    },
+}
+
+/// Targets after plugin selection, with each one's request.
+struct Prepared {
+    targets: Vec<Target>,
+    requests: Vec<Arc<PodRequest>>,
+    plugins: Option<(Session, RequestHead)>,
 }
 
 /// Why the broadcaster could not be built.
@@ -99,25 +149,27 @@ impl Broadcaster {
         &self.discovery
     }
 
-    /// Discovers the route's pods and starts broadcasting `request` to
-    /// them over HTTP.
+    /// Discovers the route's pods, runs the route's plugins (selection and
+    /// transforms) and starts broadcasting `request` to them over HTTP.
     pub async fn start(
         self: &Arc<Self>,
         route: Arc<Route>,
         service: Option<String>,
         id: String,
         request: PodRequest,
-    ) -> Result<Started, DiscoveryError> {
-        let targets = self
+    ) -> Result<Started, StartError> {
+        let started = Instant::now();
+        let discovered = self
             .discovery
             .targets(&route.source, service.as_deref())
             .await?;
-        let count = targets.len();
+        let prepared = prepare(&route, &id, discovered, Arc::new(request), started)?;
+        let count = prepared.targets.len();
         let (answer, answered) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id);
         let this = Arc::clone(self);
         self.tasks.spawn(
-            async move { this.run(route, id, targets, request, answer).await }.instrument(span),
+            async move { this.run(route, id, prepared, started, answer).await }.instrument(span),
         );
         Ok(Started {
             targets: count,
@@ -133,11 +185,30 @@ impl Broadcaster {
         service: Option<String>,
         id: String,
         payload: bytes::Bytes,
-    ) -> Result<UdpReport, DiscoveryError> {
-        let targets = self
+    ) -> Result<UdpReport, StartError> {
+        let started = Instant::now();
+        let discovered = self
             .discovery
             .targets(&route.source, service.as_deref())
             .await?;
+        let request = PodRequest {
+            method: axum::http::Method::POST,
+            path_and_query: route.path.clone(),
+            headers: axum::http::HeaderMap::new(),
+            body: payload,
+        };
+        let Prepared {
+            targets, requests, ..
+        } = prepare(&route, &id, discovered, Arc::new(request), started)?;
+        let payloads: Vec<bytes::Bytes> = requests.iter().map(|request| request.body.clone()).collect();
+        let longest = payloads.iter().map(bytes::Bytes::len).max().unwrap_or(0);
+        let size = crate::frame::encoded_len(&id, longest);
+        if size > route.udp.max_datagram_bytes {
+            return Err(StartError::DatagramTooLarge {
+                size,
+                limit: route.udp.max_datagram_bytes,
+            });
+        }
         let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id, sequence);
@@ -150,13 +221,13 @@ impl Broadcaster {
                 telemetry::broadcast_started(&route.name, targets.len());
                 let results = this
                     .udp
-                    .send(&targets, &id, sequence, &payload, &route.udp)
+                    .send(&targets, &id, sequence, &payloads, &route.udp)
                     .await;
                 let sent: u32 = results.iter().map(|result| result.datagrams).sum();
                 let expected = u32::from(route.udp.repeat) * targets.len() as u32;
                 telemetry::datagrams(&route.name, "sent", u64::from(sent));
                 telemetry::datagrams(&route.name, "error", u64::from(expected - sent));
-                let datagram_bytes = crate::frame::encoded_len(&id, payload.len());
+                let datagram_bytes = size;
                 let id_of_udp = id.clone();
                 let report = UdpReport {
                     id,
@@ -210,22 +281,27 @@ impl Broadcaster {
         self: Arc<Self>,
         route: Arc<Route>,
         id: String,
-        targets: Vec<Target>,
-        request: PodRequest,
-        answer: oneshot::Sender<Report>,
+        prepared: Prepared,
+        started: Instant,
+        answer: oneshot::Sender<Answer>,
     ) {
-        let started = Instant::now();
+        let Prepared {
+            targets,
+            requests,
+            plugins,
+        } = prepared;
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let _registered = InFlight::register(&self.in_flight, key, &id, &route.name);
         telemetry::broadcast_started(&route.name, targets.len());
 
         let mut outcomes: Vec<Option<Delivery>> = vec![None; targets.len()];
         let mut answer = Some(answer);
+        let early = route.policy.answers_early() && !route.plugins.aggregates();
         let required = route.policy.required(targets.len());
         let mut succeeded = 0;
         let mut deliveries = self
             .fanout
-            .deliver_all(&request, &targets, &route.limits, started);
+            .deliver_all(&requests, &targets, &route.limits, started);
         while let Some((index, delivery)) = deliveries.next().await {
             telemetry::delivery_finished(
                 &route.name,
@@ -243,20 +319,39 @@ impl Broadcaster {
                 ),
             }
             outcomes[index] = Some(delivery);
-            if route.policy.answers_early()
+            if early
                 && succeeded >= required
-                && let Some(early) = answer.take()
+                && let Some(sender) = answer.take()
             {
                 let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
                 tracing::debug!(pending = report.pending, "Policy met; answering early.");
-                if early.send(report).is_err() && route.mode == Mode::Sync {
+                let early_answer = Answer {
+                    report,
+                    verdict: None,
+                    plugin_failure: None,
+                };
+                if sender.send(early_answer).is_err() && route.mode == Mode::Sync {
                     tracing::info!("The client left before the answer.");
                 }
             }
         }
         drop(deliveries);
 
-        let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
+        let mut report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
+        let (verdict, plugin_failure) = match plugins {
+            Some((mut session, head)) => match session.aggregate(&head, &targets, &outcomes) {
+                Ok(verdict) => (verdict, None),
+                Err(failure) => (None, Some(failure)),
+            },
+            None => (None, None),
+        };
+        if let Some(verdict) = &verdict {
+            report.ok = verdict.ok;
+            report.policy = "plugin".to_owned();
+        }
+        if plugin_failure.is_some() {
+            report.ok = false;
+        }
         let elapsed = started.elapsed();
         telemetry::broadcast_finished(&route.name, report.ok, elapsed);
         tracing::info!(
@@ -269,11 +364,15 @@ impl Broadcaster {
             "Broadcast finished."
         );
         let json = self.serialize_for_collector(&route, &report);
-        if let Some(answer) = answer
-            && answer.send(report).is_err()
-            && route.mode == Mode::Sync
-        {
-            tracing::info!("The client left before the answer; the broadcast completed anyway.");
+        if let Some(sender) = answer {
+            let full = Answer {
+                report,
+                verdict,
+                plugin_failure,
+            };
+            if sender.send(full).is_err() && route.mode == Mode::Sync {
+                tracing::info!("The client left before the answer; the broadcast completed anyway.");
+            }
         }
         self.report(&route, &id, json).await;
     }
@@ -302,6 +401,51 @@ impl Broadcaster {
         }
         unfinished.into_iter().map(|(id, _)| id).collect()
     }
+}
+
+/// Runs the route's plugins over the discovered pods: selection (in chain
+/// order), then each pod's transforms. Without plugins, every pod shares
+/// the one request.
+fn prepare(
+    route: &Route,
+    id: &str,
+    discovered: Vec<Target>,
+    request: Arc<PodRequest>,
+    started: Instant,
+) -> Result<Prepared, StartError> {
+    if route.plugins.is_empty() {
+        let requests = vec![request; discovered.len()];
+        return Ok(Prepared {
+            targets: discovered,
+            requests,
+            plugins: None,
+        });
+    }
+    let mut session = route
+        .plugins
+        .session(&route.name, id, started + route.limits.deadline);
+    let head = bindings::request_head(id, &route.name, &request);
+    let count = discovered.len();
+    let targets = session.select(&head, discovered)?;
+    if targets.is_empty() {
+        return Err(StartError::NoneSelected {
+            route: route.name.clone(),
+            discovered: count,
+        });
+    }
+    let requests = if route.plugins.transforms() {
+        targets
+            .iter()
+            .map(|target| session.transform(&head, &request, target))
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![request; targets.len()]
+    };
+    Ok(Prepared {
+        targets,
+        requests,
+        plugins: Some((session, head)),
+    })
 }
 
 /// Keeps a broadcast listed as running until dropped.

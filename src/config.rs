@@ -15,9 +15,10 @@
 mod load;
 mod validate;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytesize::ByteSize;
@@ -34,6 +35,74 @@ pub struct Config {
     pub dns: DnsConfig,
     /// The `[[routes]]` array: one entry per broadcast endpoint.
     pub routes: Vec<RouteConfig>,
+    /// The `[plugins.NAME]` tables: Wasm plugins routes can use.
+    pub plugins: BTreeMap<String, PluginConfig>,
+}
+
+/// One `[plugins.NAME]` table: a Wasm component and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The `.wasm` component (relative paths start at the working directory).
+    pub path: PathBuf,
+    /// What a failing plugin means for the broadcast.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Most linear memory one instance may use.
+    #[serde(default = "default_plugin_memory")]
+    pub memory: ByteSize,
+    /// Most CPU time one hook call may take.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Where the table is in the file (set while loading).
+    #[serde(skip)]
+    pub location: Location,
+}
+
+/// A plugin's failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Answer 502 with the plugin's error; nothing is sent to pods.
+    #[default]
+    FailClosed,
+    /// Carry on as if the plugin were absent.
+    FailOpen,
+}
+
+/// One entry of a route's `plugins` chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginUse {
+    /// The name of a `[plugins.NAME]` table.
+    #[serde(rename = "use")]
+    pub plugin: String,
+    /// The plugin's config table, handed to its `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Where the entry is in the file (set while loading).
+    #[serde(skip)]
+    pub location: Location,
+}
+
+/// A line and column in the configuration file (1-based; 0 when unknown).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Location {
+    /// The line.
+    pub line: usize,
+    /// The column, in characters.
+    pub column: usize,
+}
+
+impl Location {
+    /// A problem at this location.
+    pub fn problem(self, message: impl Into<String>) -> Problem {
+        Problem {
+            line: self.line,
+            column: self.column,
+            message: message.into(),
+        }
+    }
 }
 
 /// The `[server]` table.
@@ -50,6 +119,9 @@ pub struct ServerConfig {
     /// How long in-flight broadcasts may run after SIGTERM before exit.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Where compiled plugins are cached between restarts; default a
+    /// `broadcast-router` folder in the system's temporary directory.
+    pub plugin_cache_dir: Option<PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +131,7 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             max_body_bytes: ByteSize::mib(1),
             shutdown_grace: Duration::from_secs(20),
+            plugin_cache_dir: None,
         }
     }
 }
@@ -178,6 +251,9 @@ pub struct RouteConfig {
     /// How long a report keeps being retried while the collector fails.
     #[serde(default = "default_report_retry_for", with = "humantime_serde")]
     pub report_retry_for: Duration,
+    /// The plugin chain, in order: `[{ use = "NAME", config = { … } }]`.
+    #[serde(default)]
+    pub plugins: Vec<PluginUse>,
 }
 
 /// How a route delivers to its pods.
@@ -252,6 +328,12 @@ fn default_max_pod_body_bytes() -> ByteSize {
 }
 fn default_report_retry_for() -> Duration {
     Duration::from_secs(60)
+}
+fn default_plugin_memory() -> ByteSize {
+    ByteSize::mib(16)
+}
+fn default_hook_timeout() -> Duration {
+    Duration::from_millis(10)
 }
 
 impl Config {

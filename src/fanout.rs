@@ -72,6 +72,8 @@ pub struct Delivery {
     pub error: Option<DeliveryError>,
     /// The start of the last answer's body.
     pub body: Option<PodBody>,
+    /// The last answer's headers.
+    pub headers: HeaderMap,
 }
 
 impl Delivery {
@@ -168,12 +170,12 @@ impl Fanout {
         &self.client
     }
 
-    /// Delivers `request` to every target; yields `(target index, outcome)`
-    /// as deliveries finish. Exactly one outcome per target, all of them by
-    /// the deadline.
+    /// Delivers `requests[i]` to `targets[i]` for every target; yields
+    /// `(position, outcome)` as deliveries finish. Exactly one outcome per
+    /// target, all of them by the deadline.
     pub fn deliver_all<'a>(
         &'a self,
-        request: &'a PodRequest,
+        requests: &'a [Arc<PodRequest>],
         targets: &'a [Target],
         limits: &'a Limits,
         started: Instant,
@@ -182,7 +184,9 @@ impl Fanout {
         let deadline = started + limits.deadline;
         targets
             .iter()
-            .map(|target| {
+            .zip(requests)
+            .enumerate()
+            .map(|(position, (target, request))| {
                 let slots = slots.clone();
                 let span = tracing::debug_span!("delivery", target = %target);
                 async move {
@@ -194,7 +198,7 @@ impl Fanout {
                         attempts = delivery.attempts,
                         "Delivery finished."
                     );
-                    (target.index, delivery)
+                    (position, delivery)
                 }
                 .instrument(span)
             })
@@ -227,7 +231,10 @@ impl Fanout {
                         "the broadcast deadline ({}) passed after {attempts} attempt(s)",
                         humantime::format_duration(limits.deadline)
                     );
-                    let status = last.as_ref().and_then(|attempt| attempt.status);
+                    let (status, body, headers) = match last {
+                        Some(attempt) => (attempt.status, attempt.body, attempt.headers),
+                        None => (None, None, HeaderMap::new()),
+                    };
                     return Delivery {
                         status,
                         attempts,
@@ -236,7 +243,8 @@ impl Fanout {
                             kind: ErrorKind::Deadline,
                             detail,
                         }),
-                        body: last.and_then(|attempt| attempt.body),
+                        body,
+                        headers,
                     };
                 }
             };
@@ -258,6 +266,7 @@ impl Fanout {
             latency: started.elapsed(),
             error: last.error,
             body: last.body,
+            headers: last.headers,
         }
     }
 
@@ -272,8 +281,9 @@ impl Fanout {
                 .await
                 .map_err(|error| classify(&error))?;
             let status = response.status();
+            let headers = response.headers().clone();
             let body = read_capped(response, limits.max_pod_body_bytes).await;
-            Ok::<_, DeliveryError>((status, body))
+            Ok::<_, DeliveryError>((status, headers, body))
         };
         match tokio::time::timeout(limits.timeout, exchange).await {
             Err(_) => Attempt::failed(
@@ -287,13 +297,16 @@ impl Fanout {
                 status: None,
                 error: Some(error),
                 body: None,
+                headers: HeaderMap::new(),
             },
-            Ok(Ok((status, Err(error)))) => Attempt {
+            Ok(Ok((status, headers, Err(error)))) => Attempt {
                 status: Some(status),
                 error: Some(error),
                 body: None,
+                headers,
             },
-            Ok(Ok((status, Ok(body)))) => Attempt {
+            Ok(Ok((status, headers, Ok(body)))) => Attempt {
+                headers,
                 status: Some(status),
                 error: (!status.is_success()).then(|| DeliveryError {
                     kind: ErrorKind::Status,
@@ -310,6 +323,7 @@ struct Attempt {
     status: Option<StatusCode>,
     error: Option<DeliveryError>,
     body: Option<PodBody>,
+    headers: HeaderMap,
 }
 
 impl Attempt {
@@ -318,6 +332,7 @@ impl Attempt {
             status: None,
             error: Some(DeliveryError { kind, detail }),
             body: None,
+            headers: HeaderMap::new(),
         }
     }
 

@@ -9,10 +9,12 @@
 //! 2. [`discovery`] turns the route's headless Service (or static list) into
 //!    targets, from a TTL-honouring DNS cache that serves stale answers
 //!    while DNS fails;
-//! 3. [`broadcast`] runs the broadcast in its own task, where [`fanout`]
+//! 3. [`plugin`] runs the route's Wasm plugins: they may narrow the targets
+//!    and change each pod's copy of the request;
+//! 4. [`broadcast`] runs the broadcast in its own task, where [`fanout`]
 //!    delivers to every pod concurrently with timeouts, retries, a
 //!    concurrency cap and a deadline;
-//! 4. [`aggregate`] judges the outcomes by the route's policy and builds the
+//! 5. [`aggregate`] (or the route's aggregate plugin) judges the outcomes by the route's policy and builds the
 //!    report the client receives.
 //!
 //! [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
@@ -30,6 +32,7 @@ pub mod demo;
 pub mod discovery;
 pub mod fanout;
 pub mod frame;
+pub mod plugin;
 pub mod receiver;
 pub mod route;
 pub mod server;

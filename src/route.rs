@@ -13,6 +13,7 @@ use crate::aggregate::Policy;
 use crate::config::{Mode, Protocol, RouteConfig};
 use crate::fanout::Limits;
 use crate::fanout::udp::UdpSettings;
+use crate::plugin::Chain;
 
 /// The placeholder a templated `service` (and `upstream_path`) uses for the
 /// service name captured from the request path.
@@ -41,6 +42,8 @@ pub struct Route {
     pub mode: Mode,
     /// Where finished reports are POSTed, and for how long that is retried.
     pub report_to: Option<ReportTo>,
+    /// The route's plugin chain (set when plugins are loaded).
+    pub plugins: Chain,
     upstream_path: Option<String>,
     allow_services: Vec<glob::Pattern>,
 }
@@ -131,6 +134,7 @@ impl Route {
                     retry_for: config.report_retry_for,
                 })
             }),
+            plugins: Chain::default(),
             upstream_path: config.upstream_path.clone(),
             allow_services: config
                 .allow_services

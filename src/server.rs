@@ -33,10 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Accepted;
 use crate::broadcast::{Broadcaster, BuildError};
-use crate::config::{Config, Mode, Protocol};
+use crate::config::{Config, Mode, Problems, Protocol};
+use crate::plugin::Plugins;
 use crate::fanout::PodRequest;
 use crate::fanout::headers::{self, BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS};
-use crate::frame;
 use crate::route::Route;
 use crate::telemetry;
 
@@ -49,13 +49,18 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Compiles the configuration's routes and builds the broadcaster.
-    pub fn new(config: &Config) -> Result<Self, BuildError> {
+    /// Compiles the configuration's routes (with their plugin chains) and
+    /// builds the broadcaster.
+    pub fn new(config: &Config, plugins: &Plugins) -> Result<Self, BuildError> {
         Ok(Self {
             routes: config
                 .routes
                 .iter()
-                .map(|route| Arc::new(Route::from_config(route)))
+                .map(|route| {
+                    let mut compiled = Route::from_config(route);
+                    compiled.plugins = plugins.chain(&route.name);
+                    Arc::new(compiled)
+                })
                 .collect(),
             broadcaster: Arc::new(Broadcaster::new(
                 &config.dns,
@@ -140,14 +145,6 @@ async fn handle(
     };
     let answer = match route.protocol {
         Protocol::Udp => {
-            let size = frame::encoded_len(&id, body.len());
-            if size > route.udp.max_datagram_bytes {
-                let error = ApiError::DatagramTooLarge {
-                    size,
-                    limit: route.udp.max_datagram_bytes,
-                };
-                return reject(&route, Some(&id), error);
-            }
             let sent = state
                 .broadcaster
                 .send_udp(Arc::clone(&route), service, id.clone(), body)
@@ -189,13 +186,29 @@ async fn handle(
                     ))
                 }
                 (Ok(started), Mode::Sync) => {
-                    let report = started.report().await;
+                    let answer = started.answer().await;
+                    let report = &answer.report;
                     let headers = (report.targets, Some(report.succeeded));
-                    Ok((
-                        report.status(route.policy),
-                        Json(report).into_response(),
-                        headers,
-                    ))
+                    Ok(match (answer.verdict, answer.plugin_failure) {
+                        (_, Some(failure)) => {
+                            let mut body = serde_json::to_value(&answer.report)
+                                .unwrap_or_default();
+                            body["error"] = failure.to_string().into();
+                            (StatusCode::BAD_GATEWAY, Json(body).into_response(), headers)
+                        }
+                        (Some(verdict), None) => {
+                            let response = (
+                                [(header::CONTENT_TYPE, verdict.content_type)],
+                                verdict.body,
+                            )
+                                .into_response();
+                            (verdict.status, response, headers)
+                        }
+                        (None, None) => {
+                            let status = answer.report.status(route.policy);
+                            (status, Json(answer.report).into_response(), headers)
+                        }
+                    })
                 }
             }
         }
@@ -261,6 +274,9 @@ pub enum StartError {
     /// Discovery or the HTTP client could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// A plugin could not be loaded or rejected its config.
+    #[error("plugins: {0}")]
+    Plugins(Problems),
 }
 
 /// A running router: both listeners bound and serving.
@@ -281,7 +297,8 @@ pub struct Running {
 pub async fn start(config: &Config) -> Result<Running, StartError> {
     // Install the metrics recorder before anything can record.
     telemetry::metrics();
-    let state = Arc::new(AppState::new(config)?);
+    let plugins = Plugins::load(config).map_err(StartError::Plugins)?;
+    let state = Arc::new(AppState::new(config, &plugins)?);
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await

@@ -84,6 +84,7 @@ const DNS_LOOKUPS: &str = "broadcast_router_dns_lookups_total";
 const DNS_STALE: &str = "broadcast_router_dns_stale_answers_total";
 const REPORTS: &str = "broadcast_router_reports_total";
 const REPORT_RETRIES: &str = "broadcast_router_report_retries_total";
+const PLUGIN_FAILURES: &str = "broadcast_router_plugin_failures_total";
 const DATAGRAMS: &str = "broadcast_router_udp_datagrams_total";
 
 fn describe() {
@@ -118,6 +119,10 @@ fn describe() {
     describe_counter!(
         REPORT_RETRIES,
         "Report POSTs that failed and were retried, by route."
+    );
+    describe_counter!(
+        PLUGIN_FAILURES,
+        "Plugin hook failures by route, plugin and cause (timeout, memory, trap, error, invalid_output)."
     );
     describe_counter!(
         DATAGRAMS,
@@ -183,4 +188,15 @@ pub fn report_retry(route: &str) {
 /// Datagrams of a UDP broadcast were sent (`outcome`: sent or error).
 pub fn datagrams(route: &str, outcome: &'static str, count: u64) {
     counter!(DATAGRAMS, "route" => route.to_owned(), "outcome" => outcome).increment(count);
+}
+
+/// A plugin call failed (`cause`: timeout, memory, trap, error, invalid_output).
+pub fn plugin_failure(route: &str, plugin: &str, cause: &'static str) {
+    counter!(
+        PLUGIN_FAILURES,
+        "route" => route.to_owned(),
+        "plugin" => plugin.to_owned(),
+        "cause" => cause
+    )
+    .increment(1);
 }

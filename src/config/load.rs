@@ -7,7 +7,7 @@ use serde::de::IntoDeserializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, Problem, Problems, RouteConfig, validate};
+use super::{Config, Location, PluginConfig, Problem, Problems, RouteConfig, validate};
 
 /// Parses `text` section by section, then validates the result.
 pub(super) fn parse(text: &str) -> Result<Config, Problems> {
@@ -36,10 +36,28 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
                     config.dns = dns;
                 }
             }
+            "plugins" => match value.get_ref() {
+                DeValue::Table(plugins) => {
+                    for (name, plugin) in plugins.iter() {
+                        if let Some(mut parsed) = sink.deserialize::<PluginConfig>(plugin) {
+                            parsed.location = sink.location(name.span().start);
+                            config.plugins.insert(name.get_ref().to_string(), parsed);
+                        }
+                    }
+                }
+                _ => sink.push(
+                    value.span(),
+                    "`plugins` must be a table of tables, written as [plugins.NAME] sections",
+                ),
+            },
             "routes" => match value.get_ref() {
                 DeValue::Array(routes) => {
                     for (position, route) in routes.iter().enumerate() {
-                        if let Some(parsed) = sink.deserialize::<RouteConfig>(route) {
+                        if let Some(mut parsed) = sink.deserialize::<RouteConfig>(route) {
+                            for (item, plugin) in parsed.plugins.iter_mut().enumerate() {
+                                let span = route_item_span(route, "plugins", item);
+                                plugin.location = sink.location(span.start);
+                            }
                             config.routes.push(parsed);
                             route_values.push((position, route));
                         }
@@ -52,7 +70,9 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
             },
             other => sink.push(
                 key.span(),
-                format!("unknown top-level key `{other}`; expected `server`, `dns` or `routes`"),
+                format!(
+                    "unknown top-level key `{other}`; expected `server`, `dns`, `plugins` or `routes`"
+                ),
             ),
         }
     }
@@ -105,13 +125,17 @@ impl Spans<'_> {
 
     /// The span of element `item` of route `index`'s array `key`.
     pub(super) fn route_item(&self, index: usize, key: &str, item: usize) -> Range<usize> {
-        let route = self.routes[index].1;
-        let element = table_value(route, key).and_then(|value| match value.get_ref() {
-            DeValue::Array(array) => array.get(item).map(Spanned::span),
-            _ => None,
-        });
-        element.unwrap_or_else(|| self.route(index, key))
+        route_item_span(self.routes[index].1, key, item)
     }
+}
+
+/// The span of element `item` of a route's array `key`, or of the route.
+fn route_item_span(route: &Spanned<DeValue<'_>>, key: &str, item: usize) -> Range<usize> {
+    let element = table_value(route, key).and_then(|value| match value.get_ref() {
+        DeValue::Array(array) => array.get(item).map(Spanned::span),
+        _ => None,
+    });
+    element.unwrap_or_else(|| field(route, key).unwrap_or_else(|| route.span()))
 }
 
 fn table_value<'a>(value: &'a Spanned<DeValue<'a>>, key: &str) -> Option<&'a Spanned<DeValue<'a>>> {
@@ -162,6 +186,11 @@ impl<'t> Sink<'t> {
                 None
             }
         }
+    }
+
+    fn location(&self, offset: usize) -> Location {
+        let (line, column) = line_column(self.text, offset);
+        Location { line, column }
     }
 
     fn is_empty(&self) -> bool {

@@ -63,6 +63,17 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
         );
     }
 
+    for (name, plugin) in &config.plugins {
+        let span = spans.section("plugins", name);
+        let memory = plugin.memory.as_u64();
+        if !(bytesize::ByteSize::mib(1).as_u64()..=bytesize::ByteSize::gib(1).as_u64()).contains(&memory) {
+            sink.push(span.clone(), format!("plugin \"{name}\": `memory` must be between 1MiB and 1GiB"));
+        }
+        if plugin.hook_timeout.is_zero() || plugin.hook_timeout > Duration::from_secs(5) {
+            sink.push(span, format!("plugin \"{name}\": `hook_timeout` must be between 1ms and 5s"));
+        }
+    }
+
     let mut names = HashMap::new();
     let mut paths = PathTable::default();
     for (index, route) in config.routes.iter().enumerate() {
@@ -79,6 +90,7 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
         check.upstream_path();
         check.limits();
         check.delivery();
+        check.plugins(&config.plugins);
     }
 }
 
@@ -411,6 +423,25 @@ impl RouteCheck<'_, '_, '_> {
                     "report_to",
                     format!("`report_to` `{url}` is not a URL: {error}"),
                 ),
+            }
+        }
+    }
+
+    fn plugins(&mut self, defined: &std::collections::BTreeMap<String, super::PluginConfig>) {
+        for (item, entry) in self.route.plugins.iter().enumerate() {
+            if !defined.contains_key(&entry.plugin) {
+                let known: Vec<&str> = defined.keys().map(String::as_str).collect();
+                let span = self.spans.route_item(self.index, "plugins", item);
+                self.sink.push(
+                    span,
+                    format!(
+                        "route \"{}\": no plugin named `{}`; define it in a [plugins.{}] table (defined: {})",
+                        self.route.name,
+                        entry.plugin,
+                        entry.plugin,
+                        if known.is_empty() { "none".to_owned() } else { known.join(", ") }
+                    ),
+                );
             }
         }
     }

@@ -47,14 +47,14 @@ pub struct UdpSender {
 }
 
 impl UdpSender {
-    /// Sends `payload` to every target `settings.repeat` times. The caller
-    /// has checked the datagram size against the route's limit.
+    /// Sends `payloads[i]` to `targets[i]`, each `settings.repeat` times.
+    /// The caller has checked the datagram sizes against the route's limit.
     pub async fn send(
         &self,
         targets: &[Target],
         id: &str,
         sequence: u64,
-        payload: &[u8],
+        payloads: &[bytes::Bytes],
         settings: &UdpSettings,
     ) -> Vec<UdpDelivery> {
         let mut deliveries: Vec<UdpDelivery> = targets
@@ -69,8 +69,8 @@ impl UdpSender {
             if copy > 0 {
                 tokio::time::sleep(settings.interval).await;
             }
-            let datagram = frame::encode(copy, sequence, id, payload);
-            for (target, delivery) in targets.iter().zip(&mut deliveries) {
+            for ((target, payload), delivery) in targets.iter().zip(payloads).zip(&mut deliveries) {
+                let datagram = frame::encode(copy, sequence, id, payload);
                 match self.send_to(&datagram, target.addr).await {
                     Ok(()) => delivery.datagrams += 1,
                     Err(error) => delivery.error = Some(error.to_string()),

@@ -6,7 +6,9 @@ use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::broadcast::StartError;
 use crate::discovery::DiscoveryError;
+use crate::plugin::PluginFailure;
 use crate::fanout::headers::BROADCAST_ID;
 use crate::route::{ServiceRefused, UnsafePath};
 
@@ -44,6 +46,12 @@ pub enum ApiError {
     /// No pods to deliver to.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
+    /// A plugin failed closed before anything was sent.
+    #[error(transparent)]
+    Plugin(#[from] PluginFailure),
+    /// The plugins selected none of the pods.
+    #[error("{0}")]
+    NoneSelected(String),
     /// No route has this path.
     #[error("no broadcast route matches this path")]
     NoRoute,
@@ -60,7 +68,8 @@ impl ApiError {
             ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::Discovery(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Discovery(_) | ApiError::NoneSelected(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Plugin(_) => StatusCode::BAD_GATEWAY,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
         }
     }
@@ -75,6 +84,8 @@ impl ApiError {
             ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => "too_large",
             ApiError::Discovery(DiscoveryError::NoPods { .. }) => "no_targets",
             ApiError::Discovery(DiscoveryError::Dns { .. }) => "dns_error",
+            ApiError::Plugin(_) => "plugin_error",
+            ApiError::NoneSelected(_) => "none_selected",
             ApiError::NoRoute => "no_route",
         }
     }
@@ -90,7 +101,7 @@ impl ApiError {
         if let Some(id) = id {
             body["id"] = id.into();
         }
-        if matches!(self, ApiError::Discovery(_)) {
+        if matches!(self, ApiError::Discovery(_) | ApiError::NoneSelected(_)) {
             body["targets"] = 0.into();
         }
         let mut response = (status, Json(body)).into_response();
@@ -109,5 +120,16 @@ impl IntoResponse for ApiError {
             Json(json!({ "ok": false, "error": self.to_string() })),
         )
             .into_response()
+    }
+}
+
+impl From<StartError> for ApiError {
+    fn from(error: StartError) -> Self {
+        match error {
+            StartError::Discovery(error) => ApiError::Discovery(error),
+            StartError::Plugin(failure) => ApiError::Plugin(failure),
+            StartError::DatagramTooLarge { size, limit } => ApiError::DatagramTooLarge { size, limit },
+            StartError::NoneSelected { .. } => ApiError::NoneSelected(error.to_string()),
+        }
     }
 }

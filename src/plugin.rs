@@ -1,0 +1,496 @@
+//! The Wasm plugin host: loading user plugins (components of the
+//! `broadcast:plugin` world in `plugins/wit/`) and running them with hard
+//! limits.
+//!
+//! - One wasmtime [`Engine`] per configuration, with the pooling allocator
+//!   and copy-on-write memory images. Each plugin is compiled once at load
+//!   (compiled code is cached on disk, keyed by the file's hash and the
+//!   engine's version and settings) into a [`PluginPre`].
+//! - Every broadcast gets a fresh instance of each plugin it uses (a
+//!   [`Session`]), shared by that broadcast's hooks and dropped after it:
+//!   no state leaks between requests, and a trap never poisons later ones.
+//! - Each instance's memory is capped (`memory`), each hook call's CPU time
+//!   is cut by epoch interruption (`hook_timeout`, and never past the
+//!   broadcast's deadline).
+//! - A failing plugin (trap, timeout, memory cap, `Err` result, invalid
+//!   output) either fails the broadcast (`fail-closed`: 502, nothing sent) or
+//!   is skipped (`fail-open`), as its `on_error` says; every failure is
+//!   logged with its cause and counted.
+//!
+//! Plugins get logging (with route, plugin and broadcast id added), clocks
+//! and random numbers; no filesystem, no network, no environment.
+
+pub mod bindings;
+mod session;
+
+pub use session::{PluginFailure, Session};
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::config::{Config, Location, OnError, PluginConfig, Problems};
+use bindings::{Hooks, PluginPre};
+
+/// How often the epoch advances; hook timeouts are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Concurrent plugin instances the pool holds (one per plugin per running
+/// broadcast).
+const POOL_INSTANCES: u32 = 1000;
+
+/// The engine and linker every plugin of one configuration shares.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    _ticker: EpochTicker,
+}
+
+/// One loaded plugin: compiled, linked, its hooks known.
+pub struct LoadedPlugin {
+    /// The plugin's name (its `[plugins.NAME]` key).
+    pub name: Arc<str>,
+    /// The hooks it implements.
+    pub hooks: Hooks,
+    /// Its failure policy.
+    pub on_error: OnError,
+    /// Its memory cap in bytes.
+    pub memory: usize,
+    /// Its CPU budget per hook call.
+    pub hook_timeout: Duration,
+    pre: PluginPre<HostState>,
+    engine: Engine,
+}
+
+/// A route's ordered plugin chain.
+#[derive(Clone, Default)]
+pub struct Chain {
+    links: Vec<Link>,
+}
+
+/// One plugin in a chain, with the route's config for it.
+#[derive(Clone)]
+pub(crate) struct Link {
+    plugin: Arc<LoadedPlugin>,
+    config: Arc<str>,
+}
+
+impl Chain {
+    /// Whether the chain is empty.
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// Whether some plugin transforms requests.
+    pub fn transforms(&self) -> bool {
+        self.links
+            .iter()
+            .any(|link| link.plugin.hooks.contains(Hooks::TRANSFORM))
+    }
+
+    /// Whether a plugin decides the verdict.
+    pub fn aggregates(&self) -> bool {
+        self.links
+            .iter()
+            .any(|link| link.plugin.hooks.contains(Hooks::AGGREGATE))
+    }
+
+    /// A fresh session for one broadcast.
+    pub fn session(&self, route: &Arc<str>, broadcast_id: &str, deadline: tokio::time::Instant) -> Session {
+        Session::new(self.links.clone(), route.clone(), broadcast_id.into(), deadline)
+    }
+}
+
+/// The plugins of one configuration, and each route's chain.
+pub struct Plugins {
+    chains: BTreeMap<String, Chain>,
+    _host: Option<PluginHost>,
+}
+
+impl Plugins {
+    /// Loads every plugin the configuration defines, checks it against the
+    /// contract and runs its `init` with each route's config. Every problem
+    /// is reported, with the location of the table or route entry.
+    pub fn load(config: &Config) -> Result<Self, Problems> {
+        if config.plugins.is_empty() {
+            return Ok(Self {
+                chains: BTreeMap::new(),
+                _host: None,
+            });
+        }
+        let host = PluginHost::new(config).map_err(|message| {
+            Problems(vec![Location::default().problem(message)])
+        })?;
+        let mut problems = Vec::new();
+        let mut loaded = BTreeMap::new();
+        for (name, plugin) in &config.plugins {
+            match host.load(name, plugin) {
+                Ok(plugin) => {
+                    loaded.insert(name.clone(), Arc::new(plugin));
+                }
+                Err(message) => {
+                    problems.push(plugin.location.problem(format!("plugin \"{name}\": {message}")))
+                }
+            }
+        }
+        let mut chains = BTreeMap::new();
+        for route in &config.routes {
+            let mut chain = Chain::default();
+            let mut aggregators = Vec::new();
+            for entry in &route.plugins {
+                let Some(plugin) = loaded.get(&entry.plugin) else {
+                    continue; // reported above, or by validation
+                };
+                let config_json: Arc<str> = serde_json::to_string(&entry.config)
+                    .unwrap_or_else(|_| "{}".to_owned())
+                    .into();
+                let problem = |message: String| {
+                    entry.location.problem(format!(
+                        "route \"{}\": plugin \"{}\" {message}",
+                        route.name, entry.plugin
+                    ))
+                };
+                if let Err(message) = plugin.check_init(&config_json) {
+                    problems.push(problem(message));
+                }
+                if plugin.hooks.contains(Hooks::AGGREGATE) {
+                    aggregators.push(entry.plugin.clone());
+                    if aggregators.len() > 1 {
+                        problems.push(problem(format!(
+                            "also decides the verdict, like \"{}\": at most one plugin per route may implement aggregate",
+                            aggregators[0]
+                        )));
+                    }
+                }
+                chain.links.push(Link {
+                    plugin: Arc::clone(plugin),
+                    config: config_json,
+                });
+            }
+            chains.insert(route.name.clone(), chain);
+        }
+        if problems.is_empty() {
+            Ok(Self {
+                chains,
+                _host: Some(host),
+            })
+        } else {
+            problems.sort_by_key(|problem| (problem.line, problem.column));
+            Err(Problems(problems))
+        }
+    }
+
+    /// The chain of route `name` (empty when it uses no plugins).
+    pub fn chain(&self, route: &str) -> Chain {
+        self.chains.get(route).cloned().unwrap_or_default()
+    }
+}
+
+impl PluginHost {
+    fn new(config: &Config) -> Result<Self, String> {
+        let largest_memory = config
+            .plugins
+            .values()
+            .map(|plugin| plugin.memory.as_u64())
+            .max()
+            .unwrap_or(16 << 20);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size(usize::try_from(largest_memory).unwrap_or(usize::MAX));
+        let mut engine_config = wasmtime::Config::new();
+        engine_config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_init_cow(true)
+            .epoch_interruption(true)
+            .wasm_component_model(true);
+        let cache_dir = config
+            .server
+            .plugin_cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("broadcast-router").join("wasm-cache"));
+        match compiled_code_cache(cache_dir.clone()) {
+            Ok(cache) => {
+                engine_config.cache(Some(cache));
+            }
+            Err(error) => tracing::warn!(
+                dir = %cache_dir.display(),
+                %error,
+                "Compiled plugin cache unavailable; plugins are compiled at every start."
+            ),
+        }
+        let engine = Engine::new(&engine_config)
+            .map_err(|error| format!("cannot set up the Wasm engine: {error}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|error| format!("cannot link WASI: {error}"))?;
+        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
+            .map_err(|error| format!("cannot link the plugin imports: {error}"))?;
+        Ok(Self {
+            _ticker: EpochTicker::start(engine.clone()),
+            engine,
+            linker,
+        })
+    }
+
+    fn load(&self, name: &str, config: &PluginConfig) -> Result<LoadedPlugin, String> {
+        let bytes = std::fs::read(&config.path)
+            .map_err(|error| format!("cannot read {}: {error}", config.path.display()))?;
+        let component = Component::from_binary(&self.engine, &bytes).map_err(|error| {
+            format!(
+                "{} is not a loadable component: {error:#}",
+                config.path.display()
+            )
+        })?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
+            format!(
+                "{} imports something the router does not provide (only logging, clocks and random): {error:#}",
+                config.path.display()
+            )
+        })?;
+        let pre = PluginPre::new(instance_pre).map_err(|error| {
+            format!(
+                "{} does not implement the broadcast:plugin@0.1.0 world: {error:#}",
+                config.path.display()
+            )
+        })?;
+        let mut plugin = LoadedPlugin {
+            name: name.into(),
+            hooks: Hooks::empty(),
+            on_error: config.on_error,
+            memory: usize::try_from(config.memory.as_u64()).unwrap_or(usize::MAX),
+            hook_timeout: config.hook_timeout,
+            pre,
+            engine: self.engine.clone(),
+        };
+        let (mut store, instance) = plugin
+            .instantiate("load", "-")
+            .map_err(|error| format!("cannot be instantiated: {error:#}"))?;
+        store.set_epoch_deadline(ticks(config.hook_timeout));
+        plugin.hooks = instance
+            .call_hooks(&mut store)
+            .map_err(|error| format!("trapped in `hooks`: {error:#}"))?;
+        tracing::info!(
+            plugin = name,
+            path = %config.path.display(),
+            hooks = ?plugin.hooks,
+            "Plugin loaded."
+        );
+        Ok(plugin)
+    }
+}
+
+impl LoadedPlugin {
+    /// A fresh instance in a fresh store with this plugin's limits.
+    fn instantiate(
+        &self,
+        route: &str,
+        broadcast_id: &str,
+    ) -> wasmtime::Result<(Store<HostState>, bindings::Plugin)> {
+        let state = HostState::new(self, route, broadcast_id);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(ticks(self.hook_timeout));
+        let instance = self.pre.instantiate(&mut store)?;
+        Ok((store, instance))
+    }
+
+    /// Runs `init` with `config` on a throwaway instance.
+    fn check_init(&self, config: &str) -> Result<(), String> {
+        let (mut store, instance) = self
+            .instantiate("check", "-")
+            .map_err(|error| format!("cannot be instantiated: {error:#}"))?;
+        store.set_epoch_deadline(ticks(self.hook_timeout));
+        match instance.call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(format!("rejected its config: {message}")),
+            Err(error) => Err(format!("trapped in `init`: {error:#}")),
+        }
+    }
+}
+
+fn compiled_code_cache(dir: PathBuf) -> wasmtime::Result<wasmtime::Cache> {
+    std::fs::create_dir_all(&dir)?;
+    let mut cache_config = wasmtime::CacheConfig::new();
+    cache_config.with_directory(dir);
+    wasmtime::Cache::new(cache_config)
+}
+
+/// Epoch ticks covering `duration` (at least one).
+fn ticks(duration: Duration) -> u64 {
+    (duration.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("the epoch thread starts");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one plugin instance's store holds.
+pub(crate) struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limiter: MemoryLimiter,
+    plugin: Arc<str>,
+    route: Arc<str>,
+    broadcast_id: Arc<str>,
+}
+
+impl HostState {
+    fn new(plugin: &LoadedPlugin, route: &str, broadcast_id: &str) -> Self {
+        // No preopened directories, no environment, no sockets, no stdio.
+        let wasi = WasiCtx::builder()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(plugin.memory),
+            plugin: plugin.name.clone(),
+            route: route.into(),
+            broadcast_id: broadcast_id.into(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::broadcast::plugin::types::Host for HostState {}
+
+impl bindings::broadcast::plugin::log::Host for HostState {
+    fn log(
+        &mut self,
+        level: bindings::broadcast::plugin::log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) {
+        use bindings::broadcast::plugin::log::Level;
+        let message: String = message.chars().take(4096).collect();
+        let fields: Vec<String> = fields
+            .iter()
+            .take(32)
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let fields = fields.join(" ");
+        let (route, plugin, id) = (&*self.route, &*self.plugin, &*self.broadcast_id);
+        match level {
+            Level::Trace => tracing::trace!(route, plugin, id, fields, "{message}"),
+            Level::Debug => tracing::debug!(route, plugin, id, fields, "{message}"),
+            Level::Info => tracing::info!(route, plugin, id, fields, "{message}"),
+            Level::Warn => tracing::warn!(route, plugin, id, fields, "{message}"),
+            Level::Error => tracing::error!(route, plugin, id, fields, "{message}"),
+        }
+    }
+}
+
+/// `StoreLimits` for one instance, remembering whether the cap was hit so
+/// the resulting trap can be reported as "memory limit".
+struct MemoryLimiter {
+    limits: wasmtime::StoreLimits,
+    cap: usize,
+    exceeded: bool,
+}
+
+impl MemoryLimiter {
+    fn new(cap: usize) -> Self {
+        Self {
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(cap)
+                .instances(16)
+                .tables(64)
+                .memories(4)
+                .build(),
+            cap,
+            exceeded: false,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.exceeded = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes reached (asked for {desired})",
+                self.cap
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.links.iter().map(|link| &*link.plugin.name))
+            .finish()
+    }
+}

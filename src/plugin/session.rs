@@ -1,0 +1,275 @@
+//! One broadcast's plugin instances, and the failure policy around every
+//! hook call.
+//!
+//! Instances are created lazily, on the first hook a plugin implements, so
+//! a chain whose plugins only select targets never instantiates anything
+//! after selection. After any failure the plugin is out of the broadcast:
+//! `fail-closed` ends the broadcast with 502, `fail-open` carries on as if
+//! the plugin were absent.
+
+use std::sync::Arc;
+
+use tokio::time::Instant;
+use wasmtime::Store;
+
+use super::bindings::{self, CheckedVerdict, Hooks, RequestHead};
+use super::{HostState, Link, ticks};
+use crate::config::OnError;
+use crate::discovery::Target;
+use crate::fanout::{Delivery, PodRequest};
+use crate::telemetry;
+
+/// A plugin failed and its policy is `fail-closed`: the broadcast answers
+/// 502 with this message.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("route \"{route}\": plugin \"{plugin}\" {cause} in {hook} (policy fail-closed, answering 502)")]
+pub struct PluginFailure {
+    /// The route.
+    pub route: Arc<str>,
+    /// The plugin.
+    pub plugin: Arc<str>,
+    /// The hook that failed.
+    pub hook: &'static str,
+    /// What happened.
+    pub cause: Cause,
+}
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Cause {
+    /// It ran past its `hook_timeout` (or the broadcast's deadline).
+    #[error("ran out of time")]
+    Timeout,
+    /// It hit its `memory` cap.
+    #[error("hit its memory limit")]
+    Memory,
+    /// It trapped (a panic, `unreachable`, an out-of-bounds access…).
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// It returned an error.
+    #[error("returned an error: {0}")]
+    Returned(String),
+    /// It returned something the router cannot use.
+    #[error("returned invalid output: {0}")]
+    Invalid(String),
+}
+
+impl Cause {
+    /// A metrics label.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Cause::Timeout => "timeout",
+            Cause::Memory => "memory",
+            Cause::Trap(_) => "trap",
+            Cause::Returned(_) => "error",
+            Cause::Invalid(_) => "invalid_output",
+        }
+    }
+}
+
+/// The plugin instances of one broadcast.
+pub struct Session {
+    members: Vec<Member>,
+    route: Arc<str>,
+    broadcast_id: Arc<str>,
+    deadline: Instant,
+}
+
+struct Member {
+    link: Link,
+    state: State,
+}
+
+enum State {
+    NotStarted,
+    Running(Box<(Store<HostState>, bindings::Plugin)>),
+    /// Failed earlier in this broadcast (fail-open): skipped from now on.
+    Out,
+}
+
+impl Session {
+    pub(super) fn new(
+        links: Vec<Link>,
+        route: Arc<str>,
+        broadcast_id: Arc<str>,
+        deadline: Instant,
+    ) -> Self {
+        Self {
+            members: links
+                .into_iter()
+                .map(|link| Member {
+                    link,
+                    state: State::NotStarted,
+                })
+                .collect(),
+            route,
+            broadcast_id,
+            deadline,
+        }
+    }
+
+    /// Runs every `select-targets` hook in chain order; each sees the pods
+    /// the previous one kept.
+    pub fn select(
+        &mut self,
+        head: &RequestHead,
+        mut targets: Vec<Target>,
+    ) -> Result<Vec<Target>, PluginFailure> {
+        for index in 0..self.members.len() {
+            let records: Vec<bindings::Target> = targets.iter().map(bindings::target).collect();
+            let count = targets.len();
+            let chosen = self.call(index, Hooks::SELECT_TARGETS, "select-targets", |plugin, store| {
+                plugin.call_select_targets(store, head, &records)
+            }, |indices: Vec<u32>| {
+                let mut seen = vec![false; count];
+                for &i in &indices {
+                    let i = i as usize;
+                    if i >= count {
+                        return Err(format!("index {i} is out of range for {count} targets"));
+                    }
+                    if std::mem::replace(&mut seen[i], true) {
+                        return Err(format!("index {i} is listed twice"));
+                    }
+                }
+                Ok(indices)
+            })?;
+            if let Some(indices) = chosen {
+                targets = indices
+                    .into_iter()
+                    .map(|i| targets[i as usize].clone())
+                    .collect();
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Runs every `transform` hook in chain order for one pod.
+    pub fn transform(
+        &mut self,
+        head: &RequestHead,
+        request: &Arc<PodRequest>,
+        target: &Target,
+    ) -> Result<Arc<PodRequest>, PluginFailure> {
+        let mut request = Arc::clone(request);
+        let record = bindings::target(target);
+        for index in 0..self.members.len() {
+            let wit_request = bindings::Request {
+                head: RequestHead {
+                    path: request.path_and_query.clone(),
+                    headers: bindings::request_head("", "", &request).headers,
+                    ..head.clone()
+                },
+                body: request.body.to_vec(),
+            };
+            let current = Arc::clone(&request);
+            let patched = self.call(index, Hooks::TRANSFORM, "transform", |plugin, store| {
+                plugin.call_transform(store, &wit_request, &record)
+            }, |patch| bindings::apply(&current, patch))?;
+            if let Some(patched) = patched {
+                request = patched;
+            }
+        }
+        Ok(request)
+    }
+
+    /// Runs the chain's `aggregate` hook, if any: `Ok(None)` means the
+    /// route's built-in policy decides.
+    pub fn aggregate(
+        &mut self,
+        head: &RequestHead,
+        targets: &[Target],
+        outcomes: &[Option<Delivery>],
+    ) -> Result<Option<CheckedVerdict>, PluginFailure> {
+        let Some(index) = self
+            .members
+            .iter()
+            .position(|member| member.link.plugin.hooks.contains(Hooks::AGGREGATE))
+        else {
+            return Ok(None);
+        };
+        let records: Vec<bindings::Outcome> = targets
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(target, outcome)| Some(bindings::outcome(target, outcome.as_ref()?)))
+            .collect();
+        self.call(index, Hooks::AGGREGATE, "aggregate", |plugin, store| {
+            plugin.call_aggregate(store, head, &records)
+        }, bindings::check_verdict)
+    }
+
+    /// Calls one hook of member `index` under its limits and failure policy.
+    /// `Ok(None)`: the member does not implement the hook, or failed open.
+    fn call<R, T>(
+        &mut self,
+        index: usize,
+        hook: Hooks,
+        hook_name: &'static str,
+        invoke: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
+        check: impl FnOnce(R) -> Result<T, String>,
+    ) -> Result<Option<T>, PluginFailure> {
+        let (route, broadcast_id, deadline) = (self.route.clone(), self.broadcast_id.clone(), self.deadline);
+        let member = &mut self.members[index];
+        let plugin = Arc::clone(&member.link.plugin);
+        if !plugin.hooks.contains(hook) {
+            return Ok(None);
+        }
+        let result = (|| {
+            if matches!(member.state, State::NotStarted) {
+                let (mut store, instance) = plugin
+                    .instantiate(&route, &broadcast_id)
+                    .map_err(|error| Cause::Trap(format!("cannot be instantiated: {error:#}")))?;
+                match instance.call_init(&mut store, &member.link.config) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => return Err(Cause::Returned(message)),
+                    Err(error) => return Err(classify(&store, &error)),
+                }
+                member.state = State::Running(Box::new((store, instance)));
+            }
+            let State::Running(running) = &mut member.state else {
+                return Ok(None);
+            };
+            let (store, instance) = &mut **running;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            store.set_epoch_deadline(ticks(plugin.hook_timeout.min(remaining)));
+            match invoke(instance, store) {
+                Ok(Ok(value)) => check(value).map(Some).map_err(Cause::Invalid),
+                Ok(Err(message)) => Err(Cause::Returned(message)),
+                Err(error) => Err(classify(store, &error)),
+            }
+        })();
+        match result {
+            Ok(value) => Ok(value),
+            Err(cause) => {
+                member.state = State::Out;
+                telemetry::plugin_failure(&route, &plugin.name, cause.label());
+                let failure = PluginFailure {
+                    route,
+                    plugin: plugin.name.clone(),
+                    hook: hook_name,
+                    cause,
+                };
+                match plugin.on_error {
+                    OnError::FailClosed => {
+                        tracing::error!(id = %broadcast_id, error = %failure, "Plugin failed; the broadcast fails.");
+                        Err(failure)
+                    }
+                    OnError::FailOpen => {
+                        tracing::warn!(id = %broadcast_id, error = %failure, "Plugin failed; continuing without it (fail-open).");
+                        Ok(None)
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Cause {
+    if store.data().limiter.exceeded {
+        return Cause::Memory;
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Cause::Timeout,
+        Some(trap) => Cause::Trap(trap.to_string()),
+        None => Cause::Trap(format!("{error:#}")),
+    }
+}
