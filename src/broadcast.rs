@@ -32,7 +32,7 @@ use crate::discovery::{Discovery, DiscoveryError, Target, dns::LookupError};
 use crate::fanout::udp::UdpSender;
 use crate::fanout::{Delivery, Fanout, PodRequest};
 use crate::plugin::bindings::{self, CheckedVerdict, RequestHead};
-use crate::plugin::{PluginFailure, Session};
+use crate::plugin::{PluginFailure, Session, run_plugins};
 use crate::route::Route;
 use crate::telemetry;
 
@@ -163,7 +163,8 @@ impl Broadcaster {
             .discovery
             .targets(&route.source, service.as_deref())
             .await?;
-        let prepared = prepare(&route, &id, discovered, Arc::new(request), started)?;
+        let prepared =
+            run_plugins(|| prepare(&route, &id, discovered, Arc::new(request), started))?;
         let count = prepared.targets.len();
         let (answer, answered) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id);
@@ -199,8 +200,11 @@ impl Broadcaster {
         };
         let Prepared {
             targets, requests, ..
-        } = prepare(&route, &id, discovered, Arc::new(request), started)?;
-        let payloads: Vec<bytes::Bytes> = requests.iter().map(|request| request.body.clone()).collect();
+        } = run_plugins(|| prepare(&route, &id, discovered, Arc::new(request), started))?;
+        let payloads: Vec<bytes::Bytes> = requests
+            .iter()
+            .map(|request| request.body.clone())
+            .collect();
         let longest = payloads.iter().map(bytes::Bytes::len).max().unwrap_or(0);
         let size = crate::frame::encoded_len(&id, longest);
         if size > route.udp.max_datagram_bytes {
@@ -339,10 +343,12 @@ impl Broadcaster {
 
         let mut report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
         let (verdict, plugin_failure) = match plugins {
-            Some((mut session, head)) => match session.aggregate(&head, &targets, &outcomes) {
-                Ok(verdict) => (verdict, None),
-                Err(failure) => (None, Some(failure)),
-            },
+            Some((mut session, head)) => {
+                match run_plugins(|| session.aggregate(&head, &targets, &outcomes)) {
+                    Ok(verdict) => (verdict, None),
+                    Err(failure) => (None, Some(failure)),
+                }
+            }
             None => (None, None),
         };
         if let Some(verdict) = &verdict {
@@ -371,7 +377,9 @@ impl Broadcaster {
                 plugin_failure,
             };
             if sender.send(full).is_err() && route.mode == Mode::Sync {
-                tracing::info!("The client left before the answer; the broadcast completed anyway.");
+                tracing::info!(
+                    "The client left before the answer; the broadcast completed anyway."
+                );
             }
         }
         self.report(&route, &id, json).await;

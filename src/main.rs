@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use broadcast_router::config::{Config, ConfigError, Protocol};
 use broadcast_router::discovery::Discovery;
+use broadcast_router::plugin::Plugins;
 use broadcast_router::receiver::{self, Forwarder, Receiver, ReceiverOptions, Sink};
 use broadcast_router::route::{Route, TargetSource};
 use broadcast_router::telemetry::{self, LogFormat};
@@ -32,7 +33,7 @@ struct Cli {
 enum Command {
     /// Serve the configured routes until SIGTERM or ctrl-c.
     Serve(ConfigArg),
-    /// Validate a configuration file and print every problem with its location.
+    /// Validate a configuration file (and load its plugins) and print every problem with its location.
     Check(ConfigArg),
     /// Print the targets a route resolves to right now.
     Resolve {
@@ -170,7 +171,17 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 
 fn check(arg: &ConfigArg) -> ExitCode {
     let path = arg.config.display();
-    match Config::load(&arg.config) {
+    let loaded = Config::load(&arg.config).and_then(|config| {
+        // Loading the plugins checks them against the contract and runs
+        // their init with every route's config.
+        Plugins::load(&config)
+            .map(|_| config)
+            .map_err(|problems| ConfigError::Invalid {
+                path: arg.config.display().to_string(),
+                problems,
+            })
+    });
+    match loaded {
         Ok(config) => {
             let routes: Vec<String> = config
                 .routes

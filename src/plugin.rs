@@ -49,7 +49,7 @@ const POOL_INSTANCES: u32 = 1000;
 pub struct PluginHost {
     engine: Engine,
     linker: Linker<HostState>,
-    _ticker: EpochTicker,
+    ticker: Arc<EpochTicker>,
 }
 
 /// One loaded plugin: compiled, linked, its hooks known.
@@ -66,6 +66,8 @@ pub struct LoadedPlugin {
     pub hook_timeout: Duration,
     pre: PluginPre<HostState>,
     engine: Engine,
+    /// Keeps the epoch advancing while any plugin can still run.
+    _ticker: Arc<EpochTicker>,
 }
 
 /// A route's ordered plugin chain.
@@ -102,15 +104,24 @@ impl Chain {
     }
 
     /// A fresh session for one broadcast.
-    pub fn session(&self, route: &Arc<str>, broadcast_id: &str, deadline: tokio::time::Instant) -> Session {
-        Session::new(self.links.clone(), route.clone(), broadcast_id.into(), deadline)
+    pub fn session(
+        &self,
+        route: &Arc<str>,
+        broadcast_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Session {
+        Session::new(
+            self.links.clone(),
+            route.clone(),
+            broadcast_id.into(),
+            deadline,
+        )
     }
 }
 
 /// The plugins of one configuration, and each route's chain.
 pub struct Plugins {
     chains: BTreeMap<String, Chain>,
-    _host: Option<PluginHost>,
 }
 
 impl Plugins {
@@ -121,12 +132,10 @@ impl Plugins {
         if config.plugins.is_empty() {
             return Ok(Self {
                 chains: BTreeMap::new(),
-                _host: None,
             });
         }
-        let host = PluginHost::new(config).map_err(|message| {
-            Problems(vec![Location::default().problem(message)])
-        })?;
+        let host = PluginHost::new(config)
+            .map_err(|message| Problems(vec![Location::default().problem(message)]))?;
         let mut problems = Vec::new();
         let mut loaded = BTreeMap::new();
         for (name, plugin) in &config.plugins {
@@ -134,9 +143,11 @@ impl Plugins {
                 Ok(plugin) => {
                     loaded.insert(name.clone(), Arc::new(plugin));
                 }
-                Err(message) => {
-                    problems.push(plugin.location.problem(format!("plugin \"{name}\": {message}")))
-                }
+                Err(message) => problems.push(
+                    plugin
+                        .location
+                        .problem(format!("plugin \"{name}\": {message}")),
+                ),
             }
         }
         let mut chains = BTreeMap::new();
@@ -176,10 +187,7 @@ impl Plugins {
             chains.insert(route.name.clone(), chain);
         }
         if problems.is_empty() {
-            Ok(Self {
-                chains,
-                _host: Some(host),
-            })
+            Ok(Self { chains })
         } else {
             problems.sort_by_key(|problem| (problem.line, problem.column));
             Err(Problems(problems))
@@ -213,11 +221,11 @@ impl PluginHost {
             .memory_init_cow(true)
             .epoch_interruption(true)
             .wasm_component_model(true);
-        let cache_dir = config
-            .server
-            .plugin_cache_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("broadcast-router").join("wasm-cache"));
+        let cache_dir = config.server.plugin_cache_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("broadcast-router")
+                .join("wasm-cache")
+        });
         match compiled_code_cache(cache_dir.clone()) {
             Ok(cache) => {
                 engine_config.cache(Some(cache));
@@ -233,10 +241,12 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|error| format!("cannot link WASI: {error}"))?;
-        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)
-            .map_err(|error| format!("cannot link the plugin imports: {error}"))?;
+        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| {
+            state
+        })
+        .map_err(|error| format!("cannot link the plugin imports: {error}"))?;
         Ok(Self {
-            _ticker: EpochTicker::start(engine.clone()),
+            ticker: Arc::new(EpochTicker::start(engine.clone())),
             engine,
             linker,
         })
@@ -271,6 +281,7 @@ impl PluginHost {
             hook_timeout: config.hook_timeout,
             pre,
             engine: self.engine.clone(),
+            _ticker: Arc::clone(&self.ticker),
         };
         let (mut store, instance) = plugin
             .instantiate("load", "-")
@@ -323,6 +334,21 @@ fn compiled_code_cache(dir: PathBuf) -> wasmtime::Result<wasmtime::Cache> {
     let mut cache_config = wasmtime::CacheConfig::new();
     cache_config.with_directory(dir);
     wasmtime::Cache::new(cache_config)
+}
+
+/// Runs plugin code that may call WASI from a tokio worker thread.
+///
+/// wasmtime-wasi's synchronous bindings block on tokio internally, which a
+/// runtime worker may not do; `block_in_place` hands the worker's other
+/// tasks to another thread for the duration. Outside a multi-threaded
+/// runtime (benchmarks, tools) the code simply runs.
+pub fn run_plugins<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
 }
 
 /// Epoch ticks covering `duration` (at least one).

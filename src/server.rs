@@ -34,9 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::aggregate::Accepted;
 use crate::broadcast::{Broadcaster, BuildError};
 use crate::config::{Config, Mode, Problems, Protocol};
-use crate::plugin::Plugins;
 use crate::fanout::PodRequest;
 use crate::fanout::headers::{self, BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS};
+use crate::plugin::Plugins;
 use crate::route::Route;
 use crate::telemetry;
 
@@ -191,17 +191,14 @@ async fn handle(
                     let headers = (report.targets, Some(report.succeeded));
                     Ok(match (answer.verdict, answer.plugin_failure) {
                         (_, Some(failure)) => {
-                            let mut body = serde_json::to_value(&answer.report)
-                                .unwrap_or_default();
+                            let mut body = serde_json::to_value(&answer.report).unwrap_or_default();
                             body["error"] = failure.to_string().into();
                             (StatusCode::BAD_GATEWAY, Json(body).into_response(), headers)
                         }
                         (Some(verdict), None) => {
-                            let response = (
-                                [(header::CONTENT_TYPE, verdict.content_type)],
-                                verdict.body,
-                            )
-                                .into_response();
+                            let response =
+                                ([(header::CONTENT_TYPE, verdict.content_type)], verdict.body)
+                                    .into_response();
                             (verdict.status, response, headers)
                         }
                         (None, None) => {

@@ -66,11 +66,19 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
     for (name, plugin) in &config.plugins {
         let span = spans.section("plugins", name);
         let memory = plugin.memory.as_u64();
-        if !(bytesize::ByteSize::mib(1).as_u64()..=bytesize::ByteSize::gib(1).as_u64()).contains(&memory) {
-            sink.push(span.clone(), format!("plugin \"{name}\": `memory` must be between 1MiB and 1GiB"));
+        if !(bytesize::ByteSize::mib(1).as_u64()..=bytesize::ByteSize::gib(1).as_u64())
+            .contains(&memory)
+        {
+            sink.push(
+                span.clone(),
+                format!("plugin \"{name}\": `memory` must be between 1MiB and 1GiB"),
+            );
         }
         if plugin.hook_timeout.is_zero() || plugin.hook_timeout > Duration::from_secs(5) {
-            sink.push(span, format!("plugin \"{name}\": `hook_timeout` must be between 1ms and 5s"));
+            sink.push(
+                span,
+                format!("plugin \"{name}\": `hook_timeout` must be between 1ms and 5s"),
+            );
         }
     }
 

@@ -61,10 +61,9 @@ pub fn target(target: &discovery::Target) -> Target {
 
 /// One pod's outcome as plugins see it.
 pub fn outcome(target_record: &discovery::Target, delivery: &Delivery) -> Outcome {
-    let (body, body_truncated) = delivery
-        .body
-        .as_ref()
-        .map_or((Vec::new(), false), |body| (body.bytes.to_vec(), body.truncated));
+    let (body, body_truncated) = delivery.body.as_ref().map_or((Vec::new(), false), |body| {
+        (body.bytes.to_vec(), body.truncated)
+    });
     Outcome {
         target: target(target_record),
         status: delivery.status.map(|status| status.as_u16()),

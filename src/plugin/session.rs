@@ -22,7 +22,9 @@ use crate::telemetry;
 /// A plugin failed and its policy is `fail-closed`: the broadcast answers
 /// 502 with this message.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("route \"{route}\": plugin \"{plugin}\" {cause} in {hook} (policy fail-closed, answering 502)")]
+#[error(
+    "route \"{route}\": plugin \"{plugin}\" {cause} in {hook} (policy fail-closed, answering 502)"
+)]
 pub struct PluginFailure {
     /// The route.
     pub route: Arc<str>,
@@ -118,21 +120,25 @@ impl Session {
         for index in 0..self.members.len() {
             let records: Vec<bindings::Target> = targets.iter().map(bindings::target).collect();
             let count = targets.len();
-            let chosen = self.call(index, Hooks::SELECT_TARGETS, "select-targets", |plugin, store| {
-                plugin.call_select_targets(store, head, &records)
-            }, |indices: Vec<u32>| {
-                let mut seen = vec![false; count];
-                for &i in &indices {
-                    let i = i as usize;
-                    if i >= count {
-                        return Err(format!("index {i} is out of range for {count} targets"));
+            let chosen = self.call(
+                index,
+                Hooks::SELECT_TARGETS,
+                "select-targets",
+                |plugin, store| plugin.call_select_targets(store, head, &records),
+                |indices: Vec<u32>| {
+                    let mut seen = vec![false; count];
+                    for &i in &indices {
+                        let i = i as usize;
+                        if i >= count {
+                            return Err(format!("index {i} is out of range for {count} targets"));
+                        }
+                        if std::mem::replace(&mut seen[i], true) {
+                            return Err(format!("index {i} is listed twice"));
+                        }
                     }
-                    if std::mem::replace(&mut seen[i], true) {
-                        return Err(format!("index {i} is listed twice"));
-                    }
-                }
-                Ok(indices)
-            })?;
+                    Ok(indices)
+                },
+            )?;
             if let Some(indices) = chosen {
                 targets = indices
                     .into_iter()
@@ -162,9 +168,13 @@ impl Session {
                 body: request.body.to_vec(),
             };
             let current = Arc::clone(&request);
-            let patched = self.call(index, Hooks::TRANSFORM, "transform", |plugin, store| {
-                plugin.call_transform(store, &wit_request, &record)
-            }, |patch| bindings::apply(&current, patch))?;
+            let patched = self.call(
+                index,
+                Hooks::TRANSFORM,
+                "transform",
+                |plugin, store| plugin.call_transform(store, &wit_request, &record),
+                |patch| bindings::apply(&current, patch),
+            )?;
             if let Some(patched) = patched {
                 request = patched;
             }
@@ -192,9 +202,13 @@ impl Session {
             .zip(outcomes)
             .filter_map(|(target, outcome)| Some(bindings::outcome(target, outcome.as_ref()?)))
             .collect();
-        self.call(index, Hooks::AGGREGATE, "aggregate", |plugin, store| {
-            plugin.call_aggregate(store, head, &records)
-        }, bindings::check_verdict)
+        self.call(
+            index,
+            Hooks::AGGREGATE,
+            "aggregate",
+            |plugin, store| plugin.call_aggregate(store, head, &records),
+            bindings::check_verdict,
+        )
     }
 
     /// Calls one hook of member `index` under its limits and failure policy.
@@ -204,10 +218,14 @@ impl Session {
         index: usize,
         hook: Hooks,
         hook_name: &'static str,
-        invoke: impl FnOnce(&bindings::Plugin, &mut Store<HostState>) -> wasmtime::Result<Result<R, String>>,
+        invoke: impl FnOnce(
+            &bindings::Plugin,
+            &mut Store<HostState>,
+        ) -> wasmtime::Result<Result<R, String>>,
         check: impl FnOnce(R) -> Result<T, String>,
     ) -> Result<Option<T>, PluginFailure> {
-        let (route, broadcast_id, deadline) = (self.route.clone(), self.broadcast_id.clone(), self.deadline);
+        let (route, broadcast_id, deadline) =
+            (self.route.clone(), self.broadcast_id.clone(), self.deadline);
         let member = &mut self.members[index];
         let plugin = Arc::clone(&member.link.plugin);
         if !plugin.hooks.contains(hook) {

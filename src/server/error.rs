@@ -8,8 +8,8 @@ use serde_json::json;
 
 use crate::broadcast::StartError;
 use crate::discovery::DiscoveryError;
-use crate::plugin::PluginFailure;
 use crate::fanout::headers::BROADCAST_ID;
+use crate::plugin::PluginFailure;
 use crate::route::{ServiceRefused, UnsafePath};
 
 /// Why a request was answered without a broadcast.
@@ -128,7 +128,9 @@ impl From<StartError> for ApiError {
         match error {
             StartError::Discovery(error) => ApiError::Discovery(error),
             StartError::Plugin(failure) => ApiError::Plugin(failure),
-            StartError::DatagramTooLarge { size, limit } => ApiError::DatagramTooLarge { size, limit },
+            StartError::DatagramTooLarge { size, limit } => {
+                ApiError::DatagramTooLarge { size, limit }
+            }
             StartError::NoneSelected { .. } => ApiError::NoneSelected(error.to_string()),
         }
     }

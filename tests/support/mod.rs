@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod plugins;
 pub mod pods;
 
 use std::net::SocketAddr;

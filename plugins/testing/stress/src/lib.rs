@@ -1,0 +1,326 @@
+//! `stress`: a test-only plugin whose behaviour its config chooses, so that
+//! the router's tests can load the same component as a well-behaved plugin
+//! or a hostile one (spinning forever, allocating until memory runs out,
+//! panicking, failing, or answering out of contract).
+//!
+//! With `{}` it implements all three hooks harmlessly: every target is
+//! selected, every patch is empty, and the verdict is `ok` with status 200
+//! and body `{"stress":"ok"}`. See README.md for the config keys.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::fmt;
+use std::hint::black_box;
+
+use broadcast_plugin_sdk::{
+    Hooks, Outcome, Plugin, Request, RequestHead, RequestPatch, Target, Verdict,
+};
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+/// The size of each chunk `allocate` asks for.
+const CHUNK: usize = 1 << 20;
+
+/// Where the plugin misbehaves: `init` or one of the hooks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// The exported `init` (building the plugin from its config).
+    Init,
+    /// The `select-targets` hook.
+    #[default]
+    SelectTargets,
+    /// The `transform` hook.
+    Transform,
+    /// The `aggregate` hook.
+    Aggregate,
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Stage::Init => "init",
+            Stage::SelectTargets => "select-targets",
+            Stage::Transform => "transform",
+            Stage::Aggregate => "aggregate",
+        })
+    }
+}
+
+/// How much work to do: a bounded amount, or `"forever"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Amount {
+    /// This many iterations or bytes, then carry on normally.
+    Bounded(u64),
+    /// Never stop (spin), or stop only when allocation fails (allocate).
+    Forever,
+}
+
+impl<'de> Deserialize<'de> for Amount {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(AmountVisitor)
+    }
+}
+
+struct AmountVisitor;
+
+impl Visitor<'_> for AmountVisitor {
+    type Value = Amount;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(r#"a non-negative integer or "forever""#)
+    }
+
+    fn visit_u64<E: de::Error>(self, amount: u64) -> Result<Amount, E> {
+        Ok(Amount::Bounded(amount))
+    }
+
+    fn visit_i64<E: de::Error>(self, amount: i64) -> Result<Amount, E> {
+        u64::try_from(amount)
+            .map(Amount::Bounded)
+            .map_err(|_| E::invalid_value(de::Unexpected::Signed(amount), &self))
+    }
+
+    fn visit_str<E: de::Error>(self, word: &str) -> Result<Amount, E> {
+        match word {
+            "forever" => Ok(Amount::Forever),
+            _ => Err(E::invalid_value(de::Unexpected::Str(word), &self)),
+        }
+    }
+}
+
+/// The plugin's config; every key is optional.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Busy-loop this many iterations, or forever, in [`Config::stage`].
+    #[serde(default)]
+    pub spin: Option<Amount>,
+    /// Allocate and write this many bytes (in 1 MiB chunks), or forever
+    /// until an allocation fails and the instance traps, in
+    /// [`Config::stage`].
+    #[serde(default)]
+    pub allocate: Option<Amount>,
+    /// Panic (trap) in this stage.
+    #[serde(default)]
+    pub panic: Option<Stage>,
+    /// Return `Err("stress: asked to fail")` from this stage.
+    #[serde(default)]
+    pub fail: Option<Stage>,
+    /// `select-targets` also returns an index one past the last target.
+    #[serde(default)]
+    pub bad_index: bool,
+    /// `transform` sets a header named `"bad header\n"`.
+    #[serde(default)]
+    pub bad_header: bool,
+    /// Where `spin` and `allocate` happen; default `select-targets`.
+    #[serde(default, rename = "where")]
+    pub stage: Stage,
+}
+
+/// The plugin: its config, checked.
+#[derive(Debug)]
+pub struct Stress {
+    config: Config,
+}
+
+impl Stress {
+    /// Runs the misbehaviour the config asks of `stage`, in the order spin,
+    /// allocate, panic, fail.
+    fn act(config: &Config, stage: Stage) -> Result<(), String> {
+        if config.stage == stage {
+            if let Some(spin) = config.spin {
+                spin_for(spin);
+            }
+            if let Some(allocate) = config.allocate {
+                allocate_for(allocate);
+            }
+        }
+        if config.panic == Some(stage) {
+            panic!("stress: asked to panic in {stage}");
+        }
+        if config.fail == Some(stage) {
+            return Err("stress: asked to fail".into());
+        }
+        Ok(())
+    }
+}
+
+/// Busy-loops; `Forever` never returns.
+fn spin_for(amount: Amount) {
+    match amount {
+        Amount::Bounded(iterations) => {
+            for iteration in 0..iterations {
+                black_box(iteration);
+            }
+        }
+        Amount::Forever => {
+            let mut counter = 0u64;
+            loop {
+                counter = black_box(counter.wrapping_add(1));
+            }
+        }
+    }
+}
+
+/// Allocates `amount` bytes in 1 MiB chunks, writing every byte, and frees
+/// them again; `Forever` keeps going until an allocation fails. A failed
+/// allocation aborts, as it does in any Rust program: the instance traps.
+fn allocate_for(amount: Amount) -> u64 {
+    let limit = match amount {
+        Amount::Bounded(bytes) => bytes,
+        Amount::Forever => u64::MAX,
+    };
+    let mut chunks: Vec<Vec<u8>> = Vec::new();
+    let mut total = 0u64;
+    while total < limit {
+        let size = usize::try_from(limit - total).map_or(CHUNK, |left| left.min(CHUNK));
+        let mut chunk = Vec::with_capacity(size);
+        chunk.resize(size, 0xa5);
+        chunks.push(black_box(chunk));
+        total += size as u64;
+    }
+    black_box(&chunks);
+    total
+}
+
+impl Plugin for Stress {
+    type Config = Config;
+    const HOOKS: Hooks = Hooks::all();
+
+    fn new(config: Config) -> Result<Self, String> {
+        Stress::act(&config, Stage::Init)?;
+        Ok(Stress { config })
+    }
+
+    fn select_targets(&self, _head: &RequestHead, targets: &[Target]) -> Result<Vec<u32>, String> {
+        Stress::act(&self.config, Stage::SelectTargets)?;
+        let mut indices: Vec<u32> = (0..targets.len() as u32).collect();
+        if self.config.bad_index {
+            indices.push(targets.len() as u32);
+        }
+        Ok(indices)
+    }
+
+    fn transform(&self, _request: &Request, _target: &Target) -> Result<RequestPatch, String> {
+        Stress::act(&self.config, Stage::Transform)?;
+        let mut patch = RequestPatch::new();
+        if self.config.bad_header {
+            patch.set_headers.push(broadcast_plugin_sdk::Header {
+                name: "bad header\n".into(),
+                value: "stress".into(),
+            });
+        }
+        Ok(patch)
+    }
+
+    fn aggregate(&self, _head: &RequestHead, _outcomes: &[Outcome]) -> Result<Verdict, String> {
+        Stress::act(&self.config, Stage::Aggregate)?;
+        Ok(Verdict::json(
+            true,
+            200,
+            &serde_json::json!({"stress": "ok"}),
+        ))
+    }
+}
+
+broadcast_plugin_sdk::export_plugin!(Stress);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broadcast_plugin_sdk::{instantiate, testing};
+
+    fn stress(config: &str) -> Result<Stress, String> {
+        instantiate::<Stress>(config)
+    }
+
+    #[test]
+    fn empty_config_is_well_behaved() {
+        let plugin = stress("{}").unwrap();
+        let targets = testing::targets(&["10.0.0.1", "10.0.0.2"], 80);
+        let head = testing::head("b");
+        assert_eq!(plugin.select_targets(&head, &targets), Ok(vec![0, 1]));
+        let patch = plugin
+            .transform(&testing::request("b", b""), &targets[0])
+            .unwrap();
+        assert!(patch.is_empty());
+        let verdict = plugin.aggregate(&head, &[]).unwrap();
+        assert!(verdict.ok);
+        assert_eq!(verdict.status, 200);
+        assert_eq!(verdict.body_text(), r#"{"stress":"ok"}"#);
+        assert_eq!(
+            Stress::HOOKS,
+            Hooks::SELECT_TARGETS | Hooks::TRANSFORM | Hooks::AGGREGATE
+        );
+    }
+
+    #[test]
+    fn bounded_work_completes() {
+        let plugin =
+            stress(r#"{"spin": 100000, "allocate": 3000000, "where": "transform"}"#).unwrap();
+        let targets = testing::targets(&["10.0.0.1"], 80);
+        assert!(
+            plugin
+                .transform(&testing::request("b", b""), &targets[0])
+                .is_ok()
+        );
+        assert_eq!(
+            allocate_for(Amount::Bounded(3 * CHUNK as u64 + 5)),
+            3 * CHUNK as u64 + 5
+        );
+        assert_eq!(allocate_for(Amount::Bounded(0)), 0);
+    }
+
+    #[test]
+    fn failures_and_contract_breaches_happen_where_asked() {
+        let targets = testing::targets(&["10.0.0.1", "10.0.0.2"], 80);
+        let head = testing::head("b");
+        let failing = stress(r#"{"fail": "aggregate"}"#).unwrap();
+        assert!(failing.select_targets(&head, &targets).is_ok());
+        assert_eq!(
+            failing.aggregate(&head, &[]),
+            Err("stress: asked to fail".into())
+        );
+        assert_eq!(
+            stress(r#"{"fail": "init"}"#).err(),
+            Some("invalid config: stress: asked to fail".into())
+        );
+        let bad_index = stress(r#"{"bad_index": true}"#).unwrap();
+        assert_eq!(bad_index.select_targets(&head, &targets), Ok(vec![0, 1, 2]));
+        let bad_header = stress(r#"{"bad_header": true}"#).unwrap();
+        let patch = bad_header
+            .transform(&testing::request("b", b""), &targets[0])
+            .unwrap();
+        assert_eq!(patch.set_headers[0].name, "bad header\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "stress: asked to panic in transform")]
+    fn panics_where_asked() {
+        let plugin = stress(r#"{"panic": "transform"}"#).unwrap();
+        let target = testing::target(0, "10.0.0.1", 80);
+        let _ = plugin.transform(&testing::request("b", b""), &target);
+    }
+
+    #[test]
+    fn config_errors_are_clear() {
+        let error = stress(r#"{"spin": "always"}"#).unwrap_err();
+        assert!(
+            error.contains(r#"expected a non-negative integer or "forever""#),
+            "{error}"
+        );
+        let error = stress(r#"{"where": "everywhere"}"#).unwrap_err();
+        assert!(error.contains("unknown variant `everywhere`"), "{error}");
+        let error = stress(r#"{"spinn": 1}"#).unwrap_err();
+        assert!(error.contains("unknown field `spinn`"), "{error}");
+        assert_eq!(
+            stress(r#"{"spin": "forever", "allocate": "forever"}"#)
+                .unwrap()
+                .config
+                .spin,
+            Some(Amount::Forever)
+        );
+    }
+}
