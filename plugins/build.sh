@@ -48,7 +48,7 @@ echo "--- ${OUT}/"
 for package in "${packages[@]}"; do
     file="${package//-/_}.wasm"
     # Copy, then rename: a reader never sees a half-written file.
-    cp "${TARGET_DIR}/${TARGET}/release/${file}" "${OUT}/.${file}.tmp"
-    mv -f "${OUT}/.${file}.tmp" "${OUT}/${file}"
+    cp "${TARGET_DIR}/${TARGET}/release/${file}" "${OUT}/.${file}.$$.tmp"
+    mv -f "${OUT}/.${file}.$$.tmp" "${OUT}/${file}"
     printf '%8d bytes  %s\n' "$(wc -c <"${OUT}/${file}")" "${OUT}/${file}"
 done

@@ -187,13 +187,21 @@ fn syntax_errors_are_located() {
 
 #[test]
 fn every_example_config_passes_check() {
+    // config/plugins.toml names the example plugins: build them first.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let built = Command::new("bash")
+        .arg(root.join("plugins/build.sh"))
+        .current_dir(root)
+        .output()
+        .expect("bash runs plugins/build.sh");
+    assert!(built.status.success(), "{}", text(&built.stderr));
     let files = example_configs();
     let names: Vec<String> = files
         .iter()
         .filter_map(|path| path.file_name())
         .map(|name| name.to_string_lossy().into_owned())
         .collect();
-    for required in ["generic.toml", "router.toml", "static-targets.toml"] {
+    for required in ["generic.toml", "plugins.toml", "router.toml", "static-targets.toml"] {
         assert!(
             names.iter().any(|name| name == required),
             "config/{required} is missing; found {names:?}"

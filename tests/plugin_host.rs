@@ -1,8 +1,9 @@
-//! The plugin host's limits and failure policies, through the real router
-//! with real pods and the `stress` test plugin built from source: for every
-//! limit, a well-behaved configuration passes and a hostile one is stopped,
-//! both failure policies give their documented answer, and the router keeps
-//! serving the next request.
+//! The plugin host, through the real router with real pods and plugins
+//! built from source: for every limit, a well-behaved configuration (of the
+//! `stress` test plugin) passes and a hostile one is stopped, both failure
+//! policies give their documented answer, and the router keeps serving the
+//! next request; loading checks every plugin; compiled code is cached on
+//! disk; UDP routes apply plugins too.
 
 mod support;
 
@@ -215,5 +216,97 @@ async fn loading_checks_every_plugin_and_runs_init_with_each_routes_config() {
             problems.contains(expected),
             "missing {expected:?} in:\n{problems}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn compiled_plugins_are_cached_on_disk() {
+    let cache = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}plugin_cache_dir = \"{}\"\n{}\n[[routes]]\nname = \"r\"\npath = \"/r\"\ntargets = [\"127.0.0.2:80\"]\n\
+         plugins = [{{ use = \"stress\" }}]\n",
+        preamble(None),
+        cache.path().display(),
+        plugins::table("stress", "stress.wasm", "")
+    );
+    let config = Config::parse(&text).unwrap_or_else(|problems| panic!("{problems}"));
+    let files = |dir: &std::path::Path| -> usize {
+        fn count(dir: &std::path::Path) -> usize {
+            std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|entry| {
+                            let path = entry.path();
+                            if path.is_dir() { count(&path) } else { 1 }
+                        })
+                        .sum()
+                })
+                .unwrap_or(0)
+        }
+        count(dir)
+    };
+    assert_eq!(files(cache.path()), 0);
+    Plugins::load(&config).expect("the plugin loads");
+    support::eventually("the compiled plugin is in the cache", || async {
+        (files(cache.path()) > 0).then_some(())
+    })
+    .await;
+    let cached = files(cache.path());
+    // A second load (a restart) finds it and adds nothing.
+    Plugins::load(&config).expect("the plugin loads again");
+    assert_eq!(files(cache.path()), cached);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn udp_routes_apply_target_selection() {
+    let sockets: Vec<tokio::net::UdpSocket> = {
+        let mut found = None;
+        'port: for _ in 0..50 {
+            let head = tokio::net::UdpSocket::bind("127.0.0.150:0").await.unwrap();
+            let port = head.local_addr().unwrap().port();
+            let mut sockets = vec![head];
+            for host in 151..153 {
+                match tokio::net::UdpSocket::bind(("127.0.0.".to_owned() + &host.to_string(), port)).await {
+                    Ok(socket) => sockets.push(socket),
+                    Err(_) => continue 'port,
+                }
+            }
+            found = Some(sockets);
+            break;
+        }
+        found.expect("a common UDP port")
+    };
+    let addrs: Vec<String> = sockets
+        .iter()
+        .map(|socket| socket.local_addr().unwrap().to_string())
+        .collect();
+    let targets: Vec<String> = addrs.iter().map(|addr| format!("\"{addr}\"")).collect();
+    let text = format!(
+        "{}{}\n[[routes]]\nname = \"notify\"\npath = \"/notify\"\nprotocol = \"udp\"\ntargets = [{}]\n\
+         udp = {{ repeat = 1 }}\nplugins = [{{ use = \"shard\", config = {{ exclude = [\"127.0.0.151\"] }} }}]\n",
+        preamble(None),
+        plugins::table("shard", "shard_filter.wasm", ""),
+        targets.join(", ")
+    );
+    let router = TestRouter::start(&text).await;
+    let answer = router.post("/notify", "hello").await;
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.json);
+    assert_eq!(answer.json["targets"], 2);
+    let listed: Vec<&str> = answer.json["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|result| result["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [addrs[0].as_str(), addrs[2].as_str()]);
+    for socket in [&sockets[0], &sockets[2]] {
+        let mut buffer = [0u8; 2048];
+        let (len, _) = tokio::time::timeout(std::time::Duration::from_secs(10), socket.recv_from(&mut buffer))
+            .await
+            .expect("the datagram arrives")
+            .unwrap();
+        let frame = broadcast_router::frame::decode(&buffer[..len]).unwrap();
+        assert_eq!(&frame.payload[..], b"hello");
     }
 }
