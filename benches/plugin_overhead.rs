@@ -56,6 +56,24 @@ plugins = [
   {{ use = "sign", config = {{ secret = "bench-secret" }} }},
   {{ use = "merge", config = {{ quorum = "51%" }} }},
 ]
+
+[[routes]]
+name = "shard-only"
+path = "/shard"
+targets = [{targets}]
+plugins = [{{ use = "shard", config = {{ replicas = {PODS} }} }}]
+
+[[routes]]
+name = "sign-only"
+path = "/sign"
+targets = [{targets}]
+plugins = [{{ use = "sign", config = {{ secret = "bench-secret" }} }}]
+
+[[routes]]
+name = "merge-only"
+path = "/merge"
+targets = [{targets}]
+plugins = [{{ use = "merge", config = {{ quorum = "51%" }} }}]
 "#,
         dir = built.display(),
         targets = targets.join(", ")
@@ -125,6 +143,43 @@ plugins = [
         })
     });
     group.finish();
+
+    // Where the time goes: each plugin alone, with a fresh instance per
+    // iteration as in a broadcast.
+    let mut parts = c.benchmark_group("one plugin per broadcast of 10 pods");
+    for (name, route) in [
+        ("shard-filter select-targets", "shard-only"),
+        ("hmac-sign transform x10", "sign-only"),
+        ("quorum-merge aggregate", "merge-only"),
+    ] {
+        let chain = plugins.chain(route);
+        let route: Arc<str> = route.into();
+        parts.bench_function(name, |b| {
+            b.iter(|| {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                let mut session = chain.session(&route, "bench-broadcast", deadline);
+                let head = request_head("bench-broadcast", &route, &request);
+                let selected = session.select(&head, targets.clone()).expect("select");
+                let requests: Vec<_> = if chain.transforms() {
+                    selected
+                        .iter()
+                        .map(|target| {
+                            session
+                                .transform(&head, &request, target)
+                                .expect("transform")
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                let verdict = session
+                    .aggregate(&head, &selected, &outcomes)
+                    .expect("aggregate");
+                black_box((requests, verdict))
+            })
+        });
+    }
+    parts.finish();
 }
 
 criterion_group!(benches, overhead);

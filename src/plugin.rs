@@ -208,16 +208,23 @@ impl PluginHost {
             .map(|plugin| plugin.memory.as_u64())
             .max()
             .unwrap_or(16 << 20);
+        let largest_memory = usize::try_from(largest_memory).unwrap_or(usize::MAX);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(POOL_INSTANCES)
             .total_core_instances(POOL_INSTANCES * 4)
             .total_memories(POOL_INSTANCES * 2)
             .total_tables(POOL_INSTANCES * 4)
             .total_stacks(POOL_INSTANCES)
-            .max_memory_size(usize::try_from(largest_memory).unwrap_or(usize::MAX));
+            .max_memory_size(largest_memory);
         let mut engine_config = wasmtime::Config::new();
         engine_config
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Reserve address space for the largest allowed memory only,
+            // not the default 4GiB per slot: 2000 slots stay a few GiB of
+            // virtual memory (bounds checks are compiled in instead).
+            .memory_reservation(largest_memory as u64)
+            .memory_reservation_for_growth(0)
+            .memory_guard_size(64 << 10)
             .memory_init_cow(true)
             .epoch_interruption(true)
             .wasm_component_model(true);

@@ -201,7 +201,12 @@ fn every_example_config_passes_check() {
         .filter_map(|path| path.file_name())
         .map(|name| name.to_string_lossy().into_owned())
         .collect();
-    for required in ["generic.toml", "plugins.toml", "router.toml", "static-targets.toml"] {
+    for required in [
+        "generic.toml",
+        "plugins.toml",
+        "router.toml",
+        "static-targets.toml",
+    ] {
         assert!(
             names.iter().any(|name| name == required),
             "config/{required} is missing; found {names:?}"

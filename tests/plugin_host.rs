@@ -267,7 +267,9 @@ async fn udp_routes_apply_target_selection() {
             let port = head.local_addr().unwrap().port();
             let mut sockets = vec![head];
             for host in 151..153 {
-                match tokio::net::UdpSocket::bind(("127.0.0.".to_owned() + &host.to_string(), port)).await {
+                match tokio::net::UdpSocket::bind(("127.0.0.".to_owned() + &host.to_string(), port))
+                    .await
+                {
                     Ok(socket) => sockets.push(socket),
                     Err(_) => continue 'port,
                 }
@@ -302,10 +304,13 @@ async fn udp_routes_apply_target_selection() {
     assert_eq!(listed, [addrs[0].as_str(), addrs[2].as_str()]);
     for socket in [&sockets[0], &sockets[2]] {
         let mut buffer = [0u8; 2048];
-        let (len, _) = tokio::time::timeout(std::time::Duration::from_secs(10), socket.recv_from(&mut buffer))
-            .await
-            .expect("the datagram arrives")
-            .unwrap();
+        let (len, _) = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            socket.recv_from(&mut buffer),
+        )
+        .await
+        .expect("the datagram arrives")
+        .unwrap();
         let frame = broadcast_router::frame::decode(&buffer[..len]).unwrap();
         assert_eq!(&frame.payload[..], b"hello");
     }
