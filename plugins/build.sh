@@ -41,6 +41,7 @@ cargo build --release --target "${TARGET}" --target-dir "${TARGET_DIR}" \
     --config 'profile.release.lto=true' \
     --config 'profile.release.codegen-units=1' \
     --config 'profile.release.strip=true' \
+    --config 'target.wasm32-wasip2.rustflags=["-C", "link-arg=-zstack-size=131072"]' \
     "${packages[@]/#/--package=}"
 
 mkdir -p "${OUT}"
