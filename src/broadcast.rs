@@ -178,26 +178,22 @@ impl Broadcaster {
         })
     }
 
-    /// Discovers the route's pods and sends `payload` to each as datagrams.
-    /// The caller has checked the datagram size.
+    /// Discovers the route's pods, runs the route's plugins, and sends
+    /// each pod its copy of the request body as datagrams (refused with
+    /// [`StartError::DatagramTooLarge`] before anything is sent when a copy
+    /// would not fit the route's limit).
     pub async fn send_udp(
         self: &Arc<Self>,
         route: Arc<Route>,
         service: Option<String>,
         id: String,
-        payload: bytes::Bytes,
+        request: PodRequest,
     ) -> Result<UdpReport, StartError> {
         let started = Instant::now();
         let discovered = self
             .discovery
             .targets(&route.source, service.as_deref())
             .await?;
-        let request = PodRequest {
-            method: axum::http::Method::POST,
-            path_and_query: route.path.clone(),
-            headers: axum::http::HeaderMap::new(),
-            body: payload,
-        };
         let Prepared {
             targets, requests, ..
         } = run_plugins(|| prepare(&route, &id, discovered, Arc::new(request), started))?;

@@ -3,10 +3,10 @@
 //! Loading happens in three steps, each of which collects every problem it
 //! finds instead of stopping at the first:
 //!
-//! 1. [`load::parse`] reads the TOML syntax (recovering after errors);
+//! 1. `load::parse` reads the TOML syntax (recovering after errors);
 //! 2. each section and each `[[routes]]` entry is deserialized on its own, so
 //!    an unknown key in one route does not hide a bad value in the next;
-//! 3. [`validate`] checks what types cannot: unique names, conflicting paths,
+//! 3. `validate` checks what types cannot: unique names, conflicting paths,
 //!    `service` xor `targets`, templated services with an `allow_services`
 //!    guard, and so on.
 //!

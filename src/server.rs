@@ -2,7 +2,7 @@
 //! route), the admin listener (`/healthz`, `/readyz`, `/metrics`), and the
 //! lifecycle that binds both and drains them on shutdown.
 //!
-//! A request's path through [`handle`]: check the client's broadcast id →
+//! A request's path through `handle`: check the client's broadcast id →
 //! check a templated service against its allow-list (403, before any DNS
 //! query) → read the body within `max_body_bytes` (413) → discover the pods
 //! (503 when none) → broadcast → answer. HTTP routes answer with the report
@@ -143,11 +143,21 @@ async fn handle(
         Ok(body) => body,
         Err(error) => return reject(&route, Some(&id), error),
     };
+    let path_and_query = match route.upstream_path_and_query(&parts.uri, &params) {
+        Ok(path) => path,
+        Err(unsafe_path) => return reject(&route, Some(&id), unsafe_path.into()),
+    };
+    let request = PodRequest {
+        path_and_query,
+        headers: headers::forwarded(&parts.headers, peer.ip(), &id),
+        method: parts.method,
+        body,
+    };
     let answer = match route.protocol {
         Protocol::Udp => {
             let sent = state
                 .broadcaster
-                .send_udp(Arc::clone(&route), service, id.clone(), body)
+                .send_udp(Arc::clone(&route), service, id.clone(), request)
                 .await;
             sent.map(|report| {
                 let headers = (report.targets, None);
@@ -155,16 +165,6 @@ async fn handle(
             })
         }
         Protocol::Http => {
-            let path_and_query = match route.upstream_path_and_query(&parts.uri, &params) {
-                Ok(path) => path,
-                Err(unsafe_path) => return reject(&route, Some(&id), unsafe_path.into()),
-            };
-            let request = PodRequest {
-                path_and_query,
-                headers: headers::forwarded(&parts.headers, peer.ip(), &id),
-                method: parts.method,
-                body,
-            };
             let started = state
                 .broadcaster
                 .start(Arc::clone(&route), service, id.clone(), request)
