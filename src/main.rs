@@ -196,8 +196,18 @@ fn check(arg: &ConfigArg) -> ExitCode {
                         Protocol::Http => format!("policy {}", route.policy),
                         Protocol::Udp => format!("udp x{}", compiled.udp.repeat),
                     };
+                    let chain = if route.plugins.is_empty() {
+                        String::new()
+                    } else {
+                        let names: Vec<&str> = route
+                            .plugins
+                            .iter()
+                            .map(|entry| entry.plugin.as_str())
+                            .collect();
+                        format!(", plugins {}", names.join(" > "))
+                    };
                     format!(
-                        "{} ({} {} -> {to}, {judged})",
+                        "{} ({} {} -> {to}, {judged}{chain})",
                         route.name,
                         route.methods.join("|"),
                         route.path,
