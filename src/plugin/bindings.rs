@@ -39,7 +39,8 @@ pub fn request_head(broadcast_id: &str, route: &str, request: &PodRequest) -> Re
     }
 }
 
-fn headers(map: &HeaderMap) -> Vec<Header> {
+/// Headers as plugins see them.
+pub fn headers(map: &HeaderMap) -> Vec<Header> {
     map.iter()
         .map(|(name, value)| Header {
             name: name.as_str().to_owned(),

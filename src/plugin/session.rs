@@ -162,7 +162,7 @@ impl Session {
             let wit_request = bindings::Request {
                 head: RequestHead {
                     path: request.path_and_query.clone(),
-                    headers: bindings::request_head("", "", &request).headers,
+                    headers: bindings::headers(&request.headers),
                     ..head.clone()
                 },
                 body: request.body.to_vec(),
