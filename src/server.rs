@@ -32,7 +32,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::aggregate::Accepted;
-use crate::broadcast::{Broadcaster, BuildError};
+use crate::broadcast::{self, Broadcaster, BuildError};
 use crate::config::{Config, Mode, Problems, Protocol};
 use crate::fanout::PodRequest;
 use crate::fanout::headers::{self, BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS};
@@ -154,64 +154,16 @@ async fn handle(
         body,
     };
     let answer = match route.protocol {
-        Protocol::Udp => {
-            let sent = state
-                .broadcaster
-                .send_udp(Arc::clone(&route), service, id.clone(), request)
-                .await;
-            sent.map(|report| {
-                let headers = (report.targets, None);
-                (StatusCode::ACCEPTED, Json(report).into_response(), headers)
-            })
-        }
-        Protocol::Http => {
-            let started = state
-                .broadcaster
-                .start(Arc::clone(&route), service, id.clone(), request)
-                .await;
-            match (started, route.mode) {
-                (Err(error), _) => Err(error),
-                (Ok(started), Mode::Async) => {
-                    let accepted = Accepted {
-                        id: id.clone(),
-                        route: route.name.to_string(),
-                        mode: "async",
-                        targets: started.targets,
-                    };
-                    let headers = (started.targets, None);
-                    Ok((
-                        StatusCode::ACCEPTED,
-                        Json(accepted).into_response(),
-                        headers,
-                    ))
-                }
-                (Ok(started), Mode::Sync) => {
-                    let answer = started.answer().await;
-                    let report = &answer.report;
-                    let headers = (report.targets, Some(report.succeeded));
-                    Ok(match (answer.verdict, answer.plugin_failure) {
-                        (_, Some(failure)) => {
-                            let mut body = serde_json::to_value(&answer.report).unwrap_or_default();
-                            body["error"] = failure.to_string().into();
-                            (StatusCode::BAD_GATEWAY, Json(body).into_response(), headers)
-                        }
-                        (Some(verdict), None) => {
-                            let response =
-                                ([(header::CONTENT_TYPE, verdict.content_type)], verdict.body)
-                                    .into_response();
-                            (verdict.status, response, headers)
-                        }
-                        (None, None) => {
-                            let status = answer.report.status(route.policy);
-                            (status, Json(answer.report).into_response(), headers)
-                        }
-                    })
-                }
-            }
-        }
+        Protocol::Udp => udp_answer(&state, &route, service, &id, request).await,
+        Protocol::Http => http_answer(&state, &route, service, &id, request).await,
     };
     match answer {
-        Ok((status, mut response, (targets, succeeded))) => {
+        Ok(Answered {
+            status,
+            mut response,
+            targets,
+            succeeded,
+        }) => {
             *response.status_mut() = status;
             let headers = response.headers_mut();
             headers.insert(
@@ -226,6 +178,88 @@ async fn handle(
         }
         Err(error) => reject(&route, Some(&id), error.into()),
     }
+}
+
+/// A broadcast's answer before the `X-Broadcast-*` headers are added.
+struct Answered {
+    status: StatusCode,
+    response: Response,
+    targets: usize,
+    /// Pods that answered 2xx (HTTP routes answered after delivery).
+    succeeded: Option<usize>,
+}
+
+/// UDP: 202 once every copy is sent, with what went to each pod.
+async fn udp_answer(
+    state: &AppState,
+    route: &Arc<Route>,
+    service: Option<String>,
+    id: &str,
+    request: PodRequest,
+) -> Result<Answered, broadcast::StartError> {
+    let report = state
+        .broadcaster
+        .send_udp(Arc::clone(route), service, id.to_owned(), request)
+        .await?;
+    Ok(Answered {
+        status: StatusCode::ACCEPTED,
+        targets: report.targets,
+        succeeded: None,
+        response: Json(report).into_response(),
+    })
+}
+
+/// HTTP: 202 at once for `async` routes; otherwise the report judged by the
+/// policy, the aggregate plugin's verdict, or 502 when that plugin failed.
+async fn http_answer(
+    state: &AppState,
+    route: &Arc<Route>,
+    service: Option<String>,
+    id: &str,
+    request: PodRequest,
+) -> Result<Answered, broadcast::StartError> {
+    let started = state
+        .broadcaster
+        .start(Arc::clone(route), service, id.to_owned(), request)
+        .await?;
+    if route.mode == Mode::Async {
+        let targets = started.targets;
+        let accepted = Accepted {
+            id: id.to_owned(),
+            route: route.name.to_string(),
+            mode: "async",
+            targets,
+        };
+        return Ok(Answered {
+            status: StatusCode::ACCEPTED,
+            response: Json(accepted).into_response(),
+            targets,
+            succeeded: None,
+        });
+    }
+    let answer = started.answer().await;
+    let (targets, succeeded) = (answer.report.targets, Some(answer.report.succeeded));
+    let (status, response) = match (answer.verdict, answer.plugin_failure) {
+        (_, Some(failure)) => {
+            let mut body = serde_json::to_value(&answer.report).unwrap_or_default();
+            body["error"] = failure.to_string().into();
+            (StatusCode::BAD_GATEWAY, Json(body).into_response())
+        }
+        (Some(verdict), None) => {
+            let headers = [(header::CONTENT_TYPE, verdict.content_type)];
+            (verdict.status, (headers, verdict.body).into_response())
+        }
+        (None, None) => (
+            answer.report.status(route.policy),
+            Json(answer.report).into_response(),
+        ),
+    };
+    Ok(Answered {
+        status,
+        response,
+        targets,
+        succeeded,
+    })
 }
 
 fn reject(route: &Route, id: Option<&str>, error: ApiError) -> Response {
