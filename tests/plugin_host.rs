@@ -27,6 +27,7 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("index-closed", "closed", "{ bad_index = true }"),
     ("header-closed", "closed", "{ bad_header = true }"),
     ("aggregate-closed", "closed", "{ panic = \"aggregate\" }"),
+    ("probe", "closed", "{ probe = true }"),
 ];
 
 async fn start() -> (Pods, TestRouter) {
@@ -316,4 +317,25 @@ async fn udp_routes_apply_target_selection() {
         let frame = broadcast_router::frame::decode(&buffer[..len]).unwrap();
         assert_eq!(&frame.payload[..], b"hello");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_cannot_see_files_sockets_or_the_environment() {
+    let (_pods, router) = start().await;
+    let answer = router.post("/probe", "x").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    let seen = &answer.json;
+    assert_eq!(
+        seen["env"],
+        serde_json::json!([]),
+        "no environment variables: {seen}"
+    );
+    for what in ["file", "dir", "socket"] {
+        let outcome = seen[what].as_str().unwrap_or_default();
+        assert!(
+            outcome.starts_with("denied"),
+            "{what} must be denied: {seen}"
+        );
+    }
+    assert_eq!(seen["clock"], true, "clocks are available: {seen}");
 }

@@ -117,6 +117,30 @@ pub struct Config {
     /// Where `spin` and `allocate` happen; default `select-targets`.
     #[serde(default, rename = "where")]
     pub stage: Stage,
+    /// `aggregate` answers with what the sandbox let the plugin see:
+    /// environment variables, a file, a directory listing, a TCP connection,
+    /// and whether the clock works.
+    #[serde(default)]
+    pub probe: bool,
+}
+
+/// Tries what a sandboxed plugin must not be able to do, and reports the
+/// outcome of each attempt as text.
+fn probe() -> serde_json::Value {
+    let outcome = |result: std::io::Result<String>| match result {
+        Ok(what) => format!("allowed: {what}"),
+        Err(error) => format!("denied: {error}"),
+    };
+    let env: Vec<String> = std::env::vars().map(|(name, _)| name).collect();
+    let file =
+        outcome(std::fs::read("/etc/hostname").map(|bytes| format!("{} bytes", bytes.len())));
+    let dir = outcome(std::fs::read_dir("/").map(|entries| format!("{} entries", entries.count())));
+    let socket =
+        outcome(std::net::TcpStream::connect("127.0.0.1:9").map(|_| "connected".to_owned()));
+    let clock = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .is_ok_and(|since| since.as_secs() > 0);
+    serde_json::json!({ "env": env, "file": file, "dir": dir, "socket": socket, "clock": clock })
 }
 
 /// The plugin: its config, checked.
@@ -217,6 +241,9 @@ impl Plugin for Stress {
 
     fn aggregate(&self, _head: &RequestHead, _outcomes: &[Outcome]) -> Result<Verdict, String> {
         Stress::act(&self.config, Stage::Aggregate)?;
+        if self.config.probe {
+            return Ok(Verdict::json(true, 200, &probe()));
+        }
         Ok(Verdict::json(
             true,
             200,
