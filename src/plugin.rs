@@ -282,7 +282,7 @@ impl PluginHost {
         })?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             format!(
-                "{} imports something the router does not provide (only logging, clocks and random): {error:#}",
+                "{} imports something the router does not provide (plugins get the log interface and WASI 0.2, without files, sockets or environment): {error:#}",
                 config.path.display()
             )
         })?;
