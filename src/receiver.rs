@@ -13,23 +13,24 @@
 //! idempotent.
 
 use std::borrow::Cow;
-use std::collections::{HashSet, VecDeque};
-use std::fmt;
 use std::future::Future;
-use std::io::{self, Write};
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use reqwest::header::HeaderName;
-use reqwest::{StatusCode, Url};
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::fanout::headers::BROADCAST_ID;
 use crate::frame;
+
+mod dedup;
+mod sink;
+
+pub use dedup::Dedup;
+pub use sink::{ForwardError, Forwarder, Sink};
 
 /// How many broadcast ids a [`Dedup`] remembers by default.
 pub const DEFAULT_WINDOW: usize = 4096;
@@ -45,93 +46,6 @@ const MAX_DATAGRAM: usize = 65_535;
 const QUEUE: usize = 1024;
 /// How long [`run`] lets the sink finish queued messages after shutdown.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
-/// POST attempts per message by default, the first included.
-const FORWARD_ATTEMPTS: u32 = 4;
-/// The pause after the first failed POST; it doubles after each attempt.
-const FORWARD_BACKOFF: Duration = Duration::from_millis(200);
-/// Timeout of one POST.
-const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Remembers the broadcast ids seen within a window, bounded both by count
-/// and by age; the oldest ids are forgotten first. Every check is O(1)
-/// (amortised: the ids it forgets were each inserted once).
-///
-/// An id's age counts from its first sighting; later copies do not extend
-/// it.
-#[derive(Debug)]
-pub struct Dedup {
-    max_ids: usize,
-    max_age: Duration,
-    seen: HashSet<Arc<str>>,
-    /// Ids in the order first seen, with when.
-    order: VecDeque<(Instant, Arc<str>)>,
-}
-
-impl Dedup {
-    /// Remembers up to `max_ids` ids (at least 1), each for less than
-    /// `max_age`. A zero `max_age` remembers nothing.
-    pub fn new(max_ids: usize, max_age: Duration) -> Dedup {
-        let max_ids = max_ids.max(1);
-        let capacity = max_ids.min(DEFAULT_WINDOW);
-        Dedup {
-            max_ids,
-            max_age,
-            seen: HashSet::with_capacity(capacity),
-            order: VecDeque::with_capacity(capacity),
-        }
-    }
-
-    /// Whether `id` is new within the window; it is remembered from now on.
-    pub fn first_time(&mut self, id: &str) -> bool {
-        self.first_time_at(id, Instant::now())
-    }
-
-    /// [`Dedup::first_time`] with the clock passed in. `now` must not go
-    /// backwards between calls (an earlier `now` forgets nothing).
-    pub fn first_time_at(&mut self, id: &str, now: Instant) -> bool {
-        self.forget_expired(now);
-        if self.seen.contains(id) {
-            return false;
-        }
-        if self.order.len() >= self.max_ids
-            && let Some((_, oldest)) = self.order.pop_front()
-        {
-            self.seen.remove(&oldest);
-        }
-        let id: Arc<str> = Arc::from(id);
-        self.seen.insert(Arc::clone(&id));
-        self.order.push_back((now, id));
-        true
-    }
-
-    /// How many ids are remembered.
-    pub fn len(&self) -> usize {
-        self.order.len()
-    }
-
-    /// Whether no id is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
-    }
-
-    fn forget_expired(&mut self, now: Instant) {
-        while let Some((seen_at, _)) = self.order.front() {
-            if now.saturating_duration_since(*seen_at) < self.max_age {
-                break;
-            }
-            if let Some((_, id)) = self.order.pop_front() {
-                self.seen.remove(&id);
-            }
-        }
-    }
-}
-
-impl Default for Dedup {
-    /// [`DEFAULT_WINDOW`] ids for [`DEFAULT_WINDOW_AGE`].
-    fn default() -> Dedup {
-        Dedup::new(DEFAULT_WINDOW, DEFAULT_WINDOW_AGE)
-    }
-}
 
 /// How a [`Receiver`] drops duplicates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -298,190 +212,6 @@ impl Receiver {
     }
 }
 
-/// Why a message could not be forwarded, or a [`Forwarder`] not built.
-#[derive(Debug, thiserror::Error)]
-pub enum ForwardError {
-    /// Only plain HTTP is built in.
-    #[error("cannot forward to {0}: only http:// URLs are supported")]
-    UnsupportedUrl(Url),
-    /// The HTTP client could not be built.
-    #[error("cannot build the HTTP client: {0}")]
-    Client(reqwest::Error),
-    /// The last answer was not 2xx.
-    #[error("{url} answered {status} (attempts: {attempts})")]
-    Refused {
-        /// Where the message went.
-        url: Url,
-        /// The last answer's status.
-        status: StatusCode,
-        /// POSTs made.
-        attempts: u32,
-    },
-    /// The last attempt got no answer.
-    #[error("cannot POST to {url}: {detail} (attempts: {attempts})")]
-    Unreachable {
-        /// Where the message went.
-        url: Url,
-        /// The innermost cause, e.g. "Connection refused (os error 111)".
-        detail: String,
-        /// POSTs made.
-        attempts: u32,
-    },
-}
-
-/// POSTs each message's payload to one URL, with `X-Broadcast-Id` and
-/// `X-Broadcast-Sequence` headers and no content type (the datagram does not
-/// carry one). A connection error, a timeout, a 5xx, 408 or 429 is retried
-/// with exponential backoff; another answer that is not 2xx is final.
-#[derive(Debug, Clone)]
-pub struct Forwarder {
-    client: reqwest::Client,
-    url: Url,
-    attempts: u32,
-    first_backoff: Duration,
-}
-
-impl Forwarder {
-    /// Forwards to `url` (http only), 4 attempts, 200 ms backoff doubling,
-    /// 10 s timeout per attempt. Proxy settings from the environment are
-    /// ignored: the URL is meant to be local.
-    pub fn new(url: Url) -> Result<Forwarder, ForwardError> {
-        if url.scheme() != "http" || url.host().is_none() {
-            return Err(ForwardError::UnsupportedUrl(url));
-        }
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .timeout(FORWARD_TIMEOUT)
-            .build()
-            .map_err(ForwardError::Client)?;
-        Ok(Forwarder {
-            client,
-            url,
-            attempts: FORWARD_ATTEMPTS,
-            first_backoff: FORWARD_BACKOFF,
-        })
-    }
-
-    /// Sets the attempts per message (at least 1) and the pause after the
-    /// first failure, which doubles after each further one.
-    pub fn retries(mut self, attempts: u32, first_backoff: Duration) -> Forwarder {
-        self.attempts = attempts.max(1);
-        self.first_backoff = first_backoff;
-        self
-    }
-
-    /// The URL messages are POSTed to.
-    pub fn url(&self) -> &Url {
-        &self.url
-    }
-
-    /// POSTs `message`'s payload; returns the attempts it took.
-    pub async fn forward(&self, message: &Message) -> Result<u32, ForwardError> {
-        let mut backoff = self.first_backoff;
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let result = self
-                .client
-                .post(self.url.clone())
-                .header(BROADCAST_ID, &message.id)
-                .header(BROADCAST_SEQUENCE, message.sequence)
-                .body(message.payload.clone())
-                .send()
-                .await;
-            let (retry, error) = match result {
-                Ok(response) if response.status().is_success() => return Ok(attempts),
-                Ok(response) => {
-                    let status = response.status();
-                    let retry = status.is_server_error()
-                        || status == StatusCode::REQUEST_TIMEOUT
-                        || status == StatusCode::TOO_MANY_REQUESTS;
-                    let error = ForwardError::Refused {
-                        url: self.url.clone(),
-                        status,
-                        attempts,
-                    };
-                    (retry, error)
-                }
-                Err(error) => {
-                    let error = ForwardError::Unreachable {
-                        url: self.url.clone(),
-                        detail: innermost_cause(&error),
-                        attempts,
-                    };
-                    (true, error)
-                }
-            };
-            if !retry || attempts >= self.attempts {
-                return Err(error);
-            }
-            tracing::debug!(id = %message.id, attempts, %error, retry_in = ?backoff, "Forwarding failed; retrying.");
-            tokio::time::sleep(backoff).await;
-            backoff = backoff.saturating_mul(2);
-        }
-    }
-}
-
-/// The most specific text in an error's chain.
-fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut innermost = error;
-    while let Some(cause) = innermost.source() {
-        innermost = cause;
-    }
-    innermost.to_string()
-}
-
-/// Where [`run`] hands messages on.
-#[derive(Debug, Clone)]
-pub enum Sink {
-    /// One line per message on stdout, see [`Message::json_line`].
-    Stdout,
-    /// POST each payload to a URL; a message that cannot be forwarded is
-    /// logged and dropped.
-    Forward(Forwarder),
-}
-
-impl Sink {
-    /// Hands `message` on. Only writing to stdout fails; a failed POST is
-    /// logged at error level and the message dropped.
-    pub async fn deliver(&self, message: &Message) -> io::Result<()> {
-        match self {
-            Sink::Stdout => print_line(message),
-            Sink::Forward(forwarder) => {
-                match forwarder.forward(message).await {
-                    Ok(attempts) => {
-                        tracing::debug!(id = %message.id, attempts, "Forwarded a broadcast.");
-                    }
-                    Err(error) => tracing::error!(
-                        id = %message.id,
-                        sequence = message.sequence,
-                        %error,
-                        "Could not forward a broadcast; it is dropped."
-                    ),
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-impl fmt::Display for Sink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Sink::Stdout => f.write_str("stdout"),
-            Sink::Forward(forwarder) => write!(f, "POST {}", forwarder.url),
-        }
-    }
-}
-
-fn print_line(message: &Message) -> io::Result<()> {
-    let mut line = message.json_line();
-    line.push('\n');
-    let mut stdout = io::stdout().lock();
-    stdout.write_all(line.as_bytes())?;
-    stdout.flush()
-}
-
 /// Why [`run`] stopped before shutdown.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -554,73 +284,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn duplicates_are_dropped() {
-        let mut dedup = Dedup::default();
-        let now = Instant::now();
-        assert!(dedup.first_time_at("a", now));
-        assert!(dedup.first_time_at("b", now));
-        assert!(!dedup.first_time_at("a", now));
-        assert!(!dedup.first_time_at("b", now + Duration::from_secs(1)));
-        assert!(!dedup.first_time("a"));
-        assert_eq!(dedup.len(), 2);
-    }
-
-    #[test]
-    fn the_oldest_ids_are_forgotten_beyond_the_count() {
-        let mut dedup = Dedup::new(3, DEFAULT_WINDOW_AGE);
-        let now = Instant::now();
-        for id in ["a", "b", "c"] {
-            assert!(dedup.first_time_at(id, now));
-        }
-        // A repeat neither counts as new nor refreshes "a".
-        assert!(!dedup.first_time_at("a", now));
-        assert!(dedup.first_time_at("d", now));
-        assert_eq!(dedup.len(), 3);
-        assert!(dedup.first_time_at("a", now), "a was the oldest");
-        // Remembering "a" again forgot "b", the oldest then.
-        assert!(!dedup.first_time_at("c", now));
-        assert!(!dedup.first_time_at("d", now));
-        assert!(dedup.first_time_at("b", now));
-    }
-
-    #[test]
-    fn ids_are_forgotten_at_the_maximum_age() {
-        let mut dedup = Dedup::new(DEFAULT_WINDOW, Duration::from_secs(60));
-        let start = Instant::now();
-        assert!(dedup.first_time_at("old", start));
-        assert!(dedup.first_time_at("new", start + Duration::from_secs(30)));
-        let almost = start + Duration::from_secs(59);
-        assert!(!dedup.first_time_at("old", almost));
-        // A repeat does not extend the window: "old" goes at 60 s.
-        let expired = start + Duration::from_secs(60);
-        assert!(dedup.first_time_at("old", expired));
-        assert!(!dedup.first_time_at("new", expired));
-        assert_eq!(dedup.len(), 2);
-        // Much later, everything seen before is forgotten.
-        let later = start + Duration::from_secs(3600);
-        assert!(dedup.first_time_at("new", later));
-        assert_eq!(dedup.len(), 1);
-    }
-
-    #[test]
-    fn a_clock_going_backwards_forgets_nothing() {
-        let mut dedup = Dedup::new(10, Duration::from_secs(1));
-        let now = Instant::now() + Duration::from_secs(10);
-        assert!(dedup.first_time_at("a", now));
-        assert!(!dedup.first_time_at("a", now - Duration::from_secs(5)));
-    }
-
-    #[test]
-    fn a_window_of_zero_ids_still_remembers_the_last_one() {
-        let mut dedup = Dedup::new(0, DEFAULT_WINDOW_AGE);
-        let now = Instant::now();
-        assert!(dedup.first_time_at("a", now));
-        assert!(!dedup.first_time_at("a", now));
-        assert!(dedup.first_time_at("b", now));
-        assert!(dedup.first_time_at("a", now));
-    }
-
-    #[test]
     fn json_lines_carry_the_payload_as_text() {
         let message = Message {
             id: "b-1".into(),
@@ -634,20 +297,5 @@ mod tests {
             line,
             r#"{"id":"b-1","sequence":7,"from":"127.0.0.1:5000","payload":"{\"key\":\"user:42\"}\n�"}"#
         );
-    }
-
-    #[test]
-    fn forwarding_needs_an_http_url() {
-        let url = |text: &str| Url::parse(text).unwrap();
-        assert!(Forwarder::new(url("http://127.0.0.1:8080/hook")).is_ok());
-        for bad in ["https://127.0.0.1/hook", "file:///tmp/x", "unix:/run/x"] {
-            assert!(
-                matches!(
-                    Forwarder::new(url(bad)),
-                    Err(ForwardError::UnsupportedUrl(_))
-                ),
-                "{bad}"
-            );
-        }
     }
 }
