@@ -150,7 +150,7 @@ fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
     innermost.to_string()
 }
 
-/// Where [`run`] hands messages on.
+/// Where [`run`](super::run) hands messages on.
 #[derive(Debug, Clone)]
 pub enum Sink {
     /// One line per message on stdout, see [`Message::json_line`].
