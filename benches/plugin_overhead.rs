@@ -1,7 +1,9 @@
-//! What a three-hook plugin chain costs per broadcast of 10 pods: a fresh
-//! instance of each plugin, `select-targets` (shard-filter), `transform` for
-//! every pod (hmac-sign) and `aggregate` (quorum-merge) — against the same
-//! preparation without plugins. No traffic is sent; this is the host's cost.
+//! What plugins cost per broadcast of 10 pods: the host's own overhead (one
+//! no-op plugin implementing all three hooks: a fresh instance, `init`,
+//! `select-targets`, `transform` for every pod, `aggregate`), each example
+//! plugin alone, and the three examples chained (shard-filter, hmac-sign,
+//! quorum-merge) — against the same preparation without plugins. No
+//! traffic is sent.
 //!
 //! Run with `cargo bench --bench plugin_overhead` (it builds the plugins
 //! first with `plugins/build.sh`).
@@ -46,6 +48,8 @@ path = "{dir}/shard_filter.wasm"
 path = "{dir}/hmac_sign.wasm"
 [plugins.merge]
 path = "{dir}/quorum_merge.wasm"
+[plugins.noop]
+path = "{dir}/stress.wasm"
 
 [[routes]]
 name = "chain"
@@ -56,6 +60,12 @@ plugins = [
   {{ use = "sign", config = {{ secret = "bench-secret" }} }},
   {{ use = "merge", config = {{ quorum = "51%" }} }},
 ]
+
+[[routes]]
+name = "noop-three-hooks"
+path = "/noop"
+targets = [{targets}]
+plugins = [{{ use = "noop" }}]
 
 [[routes]]
 name = "shard-only"
@@ -148,6 +158,10 @@ plugins = [{{ use = "merge", config = {{ quorum = "51%" }} }}]
     // iteration as in a broadcast.
     let mut parts = c.benchmark_group("one plugin per broadcast of 10 pods");
     for (name, route) in [
+        (
+            "no-op plugin: select-targets + 10 x transform + aggregate",
+            "noop-three-hooks",
+        ),
         ("shard-filter select-targets", "shard-only"),
         ("hmac-sign transform x10", "sign-only"),
         ("quorum-merge aggregate", "merge-only"),
