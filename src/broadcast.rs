@@ -159,12 +159,9 @@ impl Broadcaster {
         request: PodRequest,
     ) -> Result<Started, StartError> {
         let started = Instant::now();
-        let discovered = self
-            .discovery
-            .targets(&route.source, service.as_deref())
+        let prepared = self
+            .discover_and_prepare(&route, service, &id, request, started)
             .await?;
-        let prepared =
-            run_plugins(|| prepare(&route, &id, discovered, Arc::new(request), started))?;
         let count = prepared.targets.len();
         let (answer, answered) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id);
@@ -190,13 +187,11 @@ impl Broadcaster {
         request: PodRequest,
     ) -> Result<UdpReport, StartError> {
         let started = Instant::now();
-        let discovered = self
-            .discovery
-            .targets(&route.source, service.as_deref())
-            .await?;
         let Prepared {
             targets, requests, ..
-        } = run_plugins(|| prepare(&route, &id, discovered, Arc::new(request), started))?;
+        } = self
+            .discover_and_prepare(&route, service, &id, request, started)
+            .await?;
         let payloads: Vec<bytes::Bytes> = requests
             .iter()
             .map(|request| request.body.clone())
@@ -254,6 +249,22 @@ impl Broadcaster {
             .instrument(span),
         );
         Ok(answered.await.expect("a UDP broadcast task always answers"))
+    }
+
+    /// Finds the route's pods and runs its plugins over them.
+    async fn discover_and_prepare(
+        &self,
+        route: &Route,
+        service: Option<String>,
+        id: &str,
+        request: PodRequest,
+        started: Instant,
+    ) -> Result<Prepared, StartError> {
+        let discovered = self
+            .discovery
+            .targets(&route.source, service.as_deref())
+            .await?;
+        run_plugins(|| prepare(route, id, discovered, Arc::new(request), started))
     }
 
     /// The report as JSON, when the route has a collector to send it to.
