@@ -144,11 +144,6 @@ impl Broadcaster {
         })
     }
 
-    /// The discovery used for `broadcast-router resolve`.
-    pub fn discovery(&self) -> &Discovery {
-        &self.discovery
-    }
-
     /// Discovers the route's pods, runs the route's plugins (selection and
     /// transforms) and starts broadcasting `request` to them over HTTP.
     pub async fn start(

@@ -144,11 +144,6 @@ impl Route {
         }
     }
 
-    /// Whether the service name comes from the request path.
-    pub fn is_templated(&self) -> bool {
-        matches!(&self.source, TargetSource::Service { name, .. } if name.contains(SERVICE_PLACEHOLDER))
-    }
-
     /// The DNS name to resolve for a request whose `{service}` capture is
     /// `requested`, after checking it against the allow-list. Refusals
     /// happen before any DNS query.

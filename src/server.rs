@@ -77,11 +77,6 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
-
-    /// The broadcaster, e.g. for resolving a route's targets.
-    pub fn broadcaster(&self) -> &Arc<Broadcaster> {
-        &self.broadcaster
-    }
 }
 
 /// The broadcast routes as an axum router. Serve it with
