@@ -39,7 +39,18 @@ use crate::telemetry;
 /// Runs broadcasts: discovery, fan-out and aggregation, with the state they
 /// share (DNS cache, HTTP client pool, running tasks).
 pub struct Broadcaster {
-    discovery: Discovery,
+    discovery: Arc<Discovery>,
+    /// The settings `discovery` was built from, so a reload with the same
+    /// settings keeps its cache.
+    dns: DnsConfig,
+    with_dns: bool,
+    shared: Arc<Shared>,
+}
+
+/// What outlives a configuration reload: the HTTP client pool, the UDP
+/// socket, the running broadcasts of every configuration generation (so
+/// shutdown drains them all) and the UDP sequence numbers.
+struct Shared {
     fanout: Fanout,
     tasks: TaskTracker,
     in_flight: Mutex<HashMap<u64, (String, Arc<str>)>>,
@@ -128,19 +139,42 @@ impl Broadcaster {
     /// resolver only `with_dns` (some route names a `service`).
     pub fn new(dns: &DnsConfig, with_dns: bool) -> Result<Self, BuildError> {
         Ok(Self {
-            discovery: Discovery::new(dns, with_dns)?,
-            fanout: Fanout::new()?,
-            tasks: TaskTracker::new(),
-            in_flight: Mutex::default(),
-            next_key: AtomicU64::new(0),
-            udp: UdpSender::default(),
-            // Sequence numbers start at the process start time in
-            // microseconds, so they keep growing across restarts.
-            sequence: AtomicU64::new(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |since| since.as_micros() as u64),
-            ),
+            discovery: Arc::new(Discovery::new(dns, with_dns)?),
+            dns: dns.clone(),
+            with_dns,
+            shared: Arc::new(Shared {
+                fanout: Fanout::new()?,
+                tasks: TaskTracker::new(),
+                in_flight: Mutex::default(),
+                next_key: AtomicU64::new(0),
+                udp: UdpSender::default(),
+                // Sequence numbers start at the process start time in
+                // microseconds, so they keep growing across restarts.
+                sequence: AtomicU64::new(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(1, |since| since.as_micros() as u64),
+                ),
+            }),
+        })
+    }
+
+    /// The broadcaster of a reloaded configuration. It shares this one's
+    /// HTTP client pool, UDP sequence and running broadcasts (draining
+    /// either waits for both generations' broadcasts); its DNS cache is
+    /// this one's when the `[dns]` settings did not change.
+    pub fn reconfigured(&self, dns: &DnsConfig, with_dns: bool) -> Result<Self, BuildError> {
+        let keep_cache = *dns == self.dns && (self.with_dns || !with_dns);
+        let (discovery, with_dns) = if keep_cache {
+            (Arc::clone(&self.discovery), self.with_dns)
+        } else {
+            (Arc::new(Discovery::new(dns, with_dns)?), with_dns)
+        };
+        Ok(Self {
+            discovery,
+            dns: dns.clone(),
+            with_dns,
+            shared: Arc::clone(&self.shared),
         })
     }
 
@@ -161,7 +195,7 @@ impl Broadcaster {
         let (answer, answered) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id);
         let this = Arc::clone(self);
-        self.tasks.spawn(
+        self.shared.tasks.spawn(
             async move { this.run(route, id, prepared, started, answer).await }.instrument(span),
         );
         Ok(Started {
@@ -199,18 +233,18 @@ impl Broadcaster {
                 limit: route.udp.max_datagram_bytes,
             });
         }
-        let sequence = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
         let (answer, answered) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id, sequence);
         let this = Arc::clone(self);
-        self.tasks.spawn(
+        self.shared.tasks.spawn(
             async move {
                 let started = Instant::now();
-                let key = this.next_key.fetch_add(1, Ordering::Relaxed);
-                let _registered = InFlight::register(&this.in_flight, key, &id, &route.name);
+                let key = this.shared.next_key.fetch_add(1, Ordering::Relaxed);
+                let _registered = InFlight::register(&this.shared.in_flight, key, &id, &route.name);
                 telemetry::broadcast_started(&route.name, targets.len());
                 let results = this
-                    .udp
+                    .shared.udp
                     .send(&targets, &id, sequence, &payloads, &route.udp)
                     .await;
                 let sent: u32 = results.iter().map(|result| result.datagrams).sum();
@@ -279,7 +313,7 @@ impl Broadcaster {
     /// has its answer, so a slow collector never delays clients).
     async fn report(&self, route: &Route, id: &str, json: Option<bytes::Bytes>) {
         if let (Some(to), Some(json)) = (&route.report_to, json) {
-            report_to::send(self.fanout.client(), to, &route.name, id, json).await;
+            report_to::send(self.shared.fanout.client(), to, &route.name, id, json).await;
         }
     }
 
@@ -296,8 +330,8 @@ impl Broadcaster {
             requests,
             plugins,
         } = prepared;
-        let key = self.next_key.fetch_add(1, Ordering::Relaxed);
-        let _registered = InFlight::register(&self.in_flight, key, &id, &route.name);
+        let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
+        let _registered = InFlight::register(&self.shared.in_flight, key, &id, &route.name);
         telemetry::broadcast_started(&route.name, targets.len());
 
         let mut outcomes: Vec<Option<Delivery>> = vec![None; targets.len()];
@@ -306,7 +340,7 @@ impl Broadcaster {
         let required = route.policy.required(targets.len());
         let mut succeeded = 0;
         let mut deliveries = self
-            .fanout
+            .shared.fanout
             .deliver_all(&requests, &targets, &route.limits, started);
         while let Some((index, delivery)) = deliveries.next().await {
             telemetry::delivery_finished(
@@ -391,12 +425,15 @@ impl Broadcaster {
     /// Returns the ids of broadcasts that did not finish in time (each is
     /// also logged), so none disappear silently.
     pub async fn drain(&self, grace: Duration) -> Vec<String> {
-        self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+        self.shared.tasks.close();
+        if tokio::time::timeout(grace, self.shared.tasks.wait())
+            .await
+            .is_ok()
+        {
             return Vec::new();
         }
         let unfinished: Vec<(String, Arc<str>)> = self
-            .in_flight
+            .shared.in_flight
             .lock()
             .expect("in-flight lock")
             .values()

@@ -137,7 +137,7 @@ impl Default for ServerConfig {
 }
 
 /// The `[dns]` table.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DnsConfig {
     /// Name servers to query (`"ip"` or `"ip:port"`); empty means the

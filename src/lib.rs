@@ -17,7 +17,8 @@
 //! 5. [`aggregate`] (or the route's aggregate plugin) judges the outcomes by the route's policy and builds the
 //!    report the client receives.
 //!
-//! [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
+//! [`reload`] swaps in a changed configuration file or plugin without a
+//! restart. [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
 //! demo on loopback addresses.
 //!
 //! [`receiver`] runs on pods: it hands each UDP broadcast ([`frame`]) on once.
@@ -34,6 +35,7 @@ pub mod fanout;
 pub mod frame;
 pub mod plugin;
 pub mod receiver;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod telemetry;

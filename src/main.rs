@@ -4,7 +4,8 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use broadcast_router::config::{Config, ConfigError, Protocol};
 use broadcast_router::discovery::Discovery;
 use broadcast_router::plugin::Plugins;
 use broadcast_router::receiver::{self, Forwarder, Receiver, ReceiverOptions, Sink};
+use broadcast_router::reload::{self, Reloader, Snapshot};
 use broadcast_router::route::{Route, TargetSource};
 use broadcast_router::telemetry::{self, LogFormat};
 use broadcast_router::{demo, server};
@@ -115,8 +117,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(arg) => {
-            let config = load(&arg)?;
-            serve(&config).await?;
+            serve_file(&arg.config).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Check(arg) => Ok(check(&arg)),
@@ -155,8 +156,24 @@ fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
     Ok(Config::load(&arg.config)?)
 }
 
+/// Serves the configuration file at `path`, reloading it (and its plugins)
+/// when they change or on SIGHUP.
+async fn serve_file(path: &Path) -> anyhow::Result<()> {
+    let snapshot = Snapshot::read(path)?;
+    let running = server::start_with(&snapshot.config, snapshot.origin.clone()).await?;
+    let reloader = Reloader::new(Arc::clone(running.state()), path.to_owned(), &snapshot);
+    let watching = reload::watch(Arc::new(reloader), true);
+    drain_on_signal(running).await?;
+    watching.abort();
+    Ok(())
+}
+
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    let running = server::start(config).await?;
+    drain_on_signal(server::start(config).await?).await
+}
+
+/// Waits for SIGTERM or ctrl-c, then drains the router.
+async fn drain_on_signal(running: server::Running) -> anyhow::Result<()> {
     shutdown_signal().await;
     let unfinished = running.shutdown().await;
     if !unfinished.is_empty() {

@@ -16,9 +16,10 @@ pub use error::ApiError;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
 use axum::Json;
 use axum::body::Body;
@@ -30,6 +31,7 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 use crate::aggregate::Accepted;
 use crate::broadcast::{self, Broadcaster, BuildError};
@@ -40,36 +42,134 @@ use crate::plugin::Plugins;
 use crate::route::Route;
 use crate::telemetry;
 
-/// What every request handler shares.
+/// What the listeners share: the active configuration generation, which a
+/// reload replaces atomically, and readiness, which a reload never touches.
 pub struct AppState {
+    active: RwLock<Active>,
+    ready: AtomicBool,
+    next_version: AtomicU64,
+    last_failure: Mutex<Option<ReloadFailure>>,
+}
+
+/// The configuration in service: its generation (what handlers use) and
+/// the router over its routes.
+#[derive(Clone)]
+struct Active {
+    generation: Arc<Generation>,
+    router: axum::Router,
+}
+
+/// One loaded configuration: compiled routes with their plugin chains, the
+/// broadcaster for its DNS settings, and its limits. A broadcast keeps the
+/// generation it started with until it finishes, whatever is loaded since.
+pub struct Generation {
     routes: Vec<Arc<Route>>,
     broadcaster: Arc<Broadcaster>,
     max_body_bytes: usize,
-    ready: AtomicBool,
+    shutdown_grace: Duration,
+    listen: (SocketAddr, SocketAddr),
+    info: ConfigInfo,
+}
+
+/// What `/admin/config` tells about the active configuration.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ConfigInfo {
+    /// 1 for the configuration the router started with, then one more per
+    /// successful reload.
+    pub version: u64,
+    /// When it was loaded (RFC 3339, UTC).
+    pub loaded_at: String,
+    /// The file it was read from (absent for a configuration built in
+    /// memory, as in tests and the demo).
+    pub source: Option<PathBuf>,
+    /// SHA-256 of the configuration file followed by every plugin file, in
+    /// hex; absent for a configuration built in memory.
+    pub sha256: Option<String>,
+    /// The routes by name.
+    pub routes: Vec<String>,
+    /// The plugins by name, with the file each was loaded from.
+    pub plugins: BTreeMap<String, PathBuf>,
+}
+
+/// Where a configuration came from, for [`ConfigInfo`].
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    /// The file it was read from.
+    pub source: Option<PathBuf>,
+    /// SHA-256 over the configuration and plugin files, in hex.
+    pub sha256: Option<String>,
+}
+
+/// The last reload that was rejected, shown by `/admin/config` until a
+/// later one succeeds.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadFailure {
+    /// When it was rejected (RFC 3339, UTC).
+    pub at: String,
+    /// Why, with every problem's location.
+    pub error: String,
+}
+
+impl Generation {
+    /// Compiles the configuration's routes (with their plugin chains) and
+    /// builds the broadcaster, reusing `previous`'s shared parts.
+    fn build(
+        config: &Config,
+        plugins: &Plugins,
+        previous: Option<&Broadcaster>,
+        version: u64,
+        origin: Origin,
+    ) -> Result<Self, BuildError> {
+        let with_dns = config.routes.iter().any(|route| route.service.is_some());
+        let broadcaster = match previous {
+            Some(previous) => previous.reconfigured(&config.dns, with_dns)?,
+            None => Broadcaster::new(&config.dns, with_dns)?,
+        };
+        let routes: Vec<Arc<Route>> = config
+            .routes
+            .iter()
+            .map(|route| {
+                let mut compiled = Route::from_config(route);
+                compiled.plugins = plugins.chain(&route.name);
+                Arc::new(compiled)
+            })
+            .collect();
+        let info = ConfigInfo {
+            version,
+            loaded_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            source: origin.source,
+            sha256: origin.sha256,
+            routes: routes.iter().map(|route| route.name.to_string()).collect(),
+            plugins: config
+                .plugins
+                .iter()
+                .map(|(name, plugin)| (name.clone(), plugin.path.clone()))
+                .collect(),
+        };
+        Ok(Self {
+            routes,
+            broadcaster: Arc::new(broadcaster),
+            max_body_bytes: usize::try_from(config.server.max_body_bytes.as_u64())
+                .unwrap_or(usize::MAX),
+            shutdown_grace: config.server.shutdown_grace,
+            listen: (config.server.listen, config.server.admin_listen),
+            info,
+        })
+    }
 }
 
 impl AppState {
-    /// Compiles the configuration's routes (with their plugin chains) and
-    /// builds the broadcaster.
-    pub fn new(config: &Config, plugins: &Plugins) -> Result<Self, BuildError> {
-        Ok(Self {
-            routes: config
-                .routes
-                .iter()
-                .map(|route| {
-                    let mut compiled = Route::from_config(route);
-                    compiled.plugins = plugins.chain(&route.name);
-                    Arc::new(compiled)
-                })
-                .collect(),
-            broadcaster: Arc::new(Broadcaster::new(
-                &config.dns,
-                config.routes.iter().any(|route| route.service.is_some()),
-            )?),
-            max_body_bytes: usize::try_from(config.server.max_body_bytes.as_u64())
-                .unwrap_or(usize::MAX),
+    fn new(generation: Generation) -> Self {
+        let generation = Arc::new(generation);
+        Self {
+            active: RwLock::new(Active {
+                router: routes(&generation),
+                generation,
+            }),
             ready: AtomicBool::new(false),
-        })
+            next_version: AtomicU64::new(2),
+            last_failure: Mutex::new(None),
+        }
     }
 
     /// Whether the router accepts broadcasts (false before start and while
@@ -77,24 +177,147 @@ impl AppState {
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Relaxed)
     }
+
+    fn active(&self) -> Active {
+        self.active.read().expect("active config lock").clone()
+    }
+
+    /// The active configuration's description.
+    pub fn config_info(&self) -> ConfigInfo {
+        self.active().generation.info.clone()
+    }
+
+    /// The last rejected reload, unless a reload succeeded since.
+    pub fn last_reload_failure(&self) -> Option<ReloadFailure> {
+        self.last_failure
+            .lock()
+            .expect("reload status lock")
+            .clone()
+    }
+
+    /// Builds `config` (routes, DNS settings, plugins compiled and
+    /// initialised) off to the side and then swaps it in. Broadcasts
+    /// already running finish on the configuration they started with; the
+    /// next request uses the new one. On error the active configuration
+    /// keeps serving and the error is kept for `/admin/config`.
+    pub async fn reload(&self, config: Config, origin: Origin) -> Result<ConfigInfo, ReloadError> {
+        let built = self.build_next(config, origin).await;
+        let mut last_failure = self.last_failure.lock().expect("reload status lock");
+        match built {
+            Ok(generation) => {
+                let info = generation.info.clone();
+                let listen = generation.listen;
+                let generation = Arc::new(generation);
+                let next = Active {
+                    router: routes(&generation),
+                    generation,
+                };
+                let previous =
+                    std::mem::replace(&mut *self.active.write().expect("active config lock"), next);
+                *last_failure = None;
+                if previous.generation.listen != listen {
+                    tracing::warn!(
+                        "The listen addresses changed; they take effect at the next restart."
+                    );
+                }
+                telemetry::config_reloaded("ok", info.version);
+                Ok(info)
+            }
+            Err(error) => {
+                drop(last_failure);
+                Err(self.reject(error))
+            }
+        }
+    }
+
+    /// Forgets the last rejected reload (the files match the active
+    /// configuration again).
+    pub fn clear_reload_failure(&self) {
+        *self.last_failure.lock().expect("reload status lock") = None;
+    }
+
+    /// Records a reload that could not be used (for `/admin/config` and
+    /// the metrics) and hands the error back.
+    pub fn reject(&self, error: ReloadError) -> ReloadError {
+        *self.last_failure.lock().expect("reload status lock") = Some(ReloadFailure {
+            at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            error: error.to_string(),
+        });
+        telemetry::config_reloaded("error", self.config_info().version);
+        error
+    }
+
+    async fn build_next(&self, config: Config, origin: Origin) -> Result<Generation, ReloadError> {
+        // Compiling plugins is CPU work: keep it off the request workers.
+        let (config, plugins) = tokio::task::spawn_blocking(move || {
+            let plugins = Plugins::load(&config);
+            (config, plugins)
+        })
+        .await
+        .map_err(|error| ReloadError::Panicked(error.to_string()))?;
+        let plugins = plugins.map_err(ReloadError::Plugins)?;
+        let previous = self.active().generation;
+        let version = self.next_version.fetch_add(1, Ordering::Relaxed);
+        Ok(Generation::build(
+            &config,
+            &plugins,
+            Some(&previous.broadcaster),
+            version,
+            origin,
+        )?)
+    }
 }
 
-/// The broadcast routes as an axum router. Serve it with
+/// Why a new configuration was not swapped in (the active one keeps
+/// serving).
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file could not be read or is invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A plugin could not be loaded or rejected its config.
+    #[error("plugins: {0}")]
+    Plugins(Problems),
+    /// The DNS resolver or HTTP client could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// Building the configuration panicked.
+    #[error("building the configuration panicked: {0}")]
+    Panicked(String),
+}
+
+/// The broadcast listener as an axum router: every request goes to the
+/// routes of the configuration active when it arrives. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    let mut by_path: BTreeMap<&str, MethodRouter<Arc<AppState>>> = BTreeMap::new();
-    for route in &state.routes {
+    axum::Router::new()
+        .fallback(
+            |State(state): State<Arc<AppState>>, request: Request| async move {
+                let router = state.active().router;
+                match router.oneshot(request).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                }
+            },
+        )
+        .with_state(state)
+}
+
+/// One generation's routes as an axum router.
+fn routes(generation: &Arc<Generation>) -> axum::Router {
+    let mut by_path: BTreeMap<&str, MethodRouter<Arc<Generation>>> = BTreeMap::new();
+    for route in &generation.routes {
         let mut methods = by_path.remove(route.path.as_str()).unwrap_or_default();
         for method in &route.methods {
             let filter = MethodFilter::try_from(method.clone()).expect("validated method");
             let route = Arc::clone(route);
             methods = methods.on(
                 filter,
-                move |State(state): State<Arc<AppState>>,
+                move |State(generation): State<Arc<Generation>>,
                       ConnectInfo(peer): ConnectInfo<SocketAddr>,
                       params: RawPathParams,
                       request: Request| async move {
-                    handle(state, route, peer, params, request).await
+                    handle(generation, route, peer, params, request).await
                 },
             );
         }
@@ -106,11 +329,11 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
     }
     router
         .fallback(|| async { ApiError::NoRoute })
-        .with_state(state)
+        .with_state(Arc::clone(generation))
 }
 
 async fn handle(
-    state: Arc<AppState>,
+    state: Arc<Generation>,
     route: Arc<Route>,
     peer: SocketAddr,
     params: RawPathParams,
@@ -186,7 +409,7 @@ struct Answered {
 
 /// UDP: 202 once every copy is sent, with what went to each pod.
 async fn udp_answer(
-    state: &AppState,
+    state: &Generation,
     route: &Arc<Route>,
     service: Option<String>,
     id: &str,
@@ -207,7 +430,7 @@ async fn udp_answer(
 /// HTTP: 202 at once for `async` routes; otherwise the report judged by the
 /// policy, the aggregate plugin's verdict, or 502 when that plugin failed.
 async fn http_answer(
-    state: &AppState,
+    state: &Generation,
     route: &Arc<Route>,
     service: Option<String>,
     id: &str,
@@ -313,18 +536,24 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     state: Arc<AppState>,
     shutdown: CancellationToken,
-    grace: Duration,
     serving: JoinHandle<()>,
     admin: JoinHandle<()>,
     admin_shutdown: CancellationToken,
 }
 
-/// Binds both listeners and starts serving `config`.
+/// Binds both listeners and starts serving `config` (built in memory).
 pub async fn start(config: &Config) -> Result<Running, StartError> {
+    start_with(config, Origin::default()).await
+}
+
+/// Binds both listeners and starts serving `config`, read from `origin`.
+pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, StartError> {
     // Install the metrics recorder before anything can record.
     telemetry::metrics();
     let plugins = Plugins::load(config).map_err(StartError::Plugins)?;
-    let state = Arc::new(AppState::new(config, &plugins)?);
+    let generation = Generation::build(config, &plugins, None, 1, origin)?;
+    telemetry::config_reloaded("initial", 1);
+    let state = Arc::new(AppState::new(generation));
     let bind = |addr: SocketAddr| async move {
         TcpListener::bind(addr)
             .await
@@ -375,13 +604,12 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
         }
     });
     state.ready.store(true, Ordering::Relaxed);
-    tracing::info!(%addr, %admin_addr, routes = state.routes.len(), "Router listening.");
+    tracing::info!(%addr, %admin_addr, routes = state.config_info().routes.len(), "Router listening.");
     Ok(Running {
         addr,
         admin_addr,
         state,
         shutdown,
-        grace: config.server.shutdown_grace,
         serving,
         admin,
         admin_shutdown,
@@ -398,10 +626,12 @@ impl Running {
     /// configured `shutdown_grace`, then stops the admin listener. Returns
     /// the ids of broadcasts that could not finish in time.
     pub async fn shutdown(self) -> Vec<String> {
-        let deadline = tokio::time::Instant::now() + self.grace;
+        let active = self.state.active().generation;
+        let grace = active.shutdown_grace;
+        let deadline = tokio::time::Instant::now() + grace;
         self.state.ready.store(false, Ordering::Relaxed);
         self.shutdown.cancel();
-        tracing::info!(grace = ?self.grace, "Draining: no new connections, finishing broadcasts.");
+        tracing::info!(?grace, "Draining: no new connections, finishing broadcasts.");
         let mut serving = self.serving;
         if tokio::time::timeout_at(deadline, &mut serving)
             .await
@@ -411,7 +641,9 @@ impl Running {
             serving.abort();
         }
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let unfinished = self.state.broadcaster.drain(remaining).await;
+        // Every generation's broadcasts share one tracker: this waits for
+        // those started before the last reload too.
+        let unfinished = active.broadcaster.drain(remaining).await;
         self.admin_shutdown.cancel();
         let _ = self.admin.await;
         tracing::info!(unfinished = unfinished.len(), "Router stopped.");

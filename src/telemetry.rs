@@ -86,6 +86,8 @@ const REPORTS: &str = "broadcast_router_reports_total";
 const REPORT_RETRIES: &str = "broadcast_router_report_retries_total";
 const PLUGIN_FAILURES: &str = "broadcast_router_plugin_failures_total";
 const DATAGRAMS: &str = "broadcast_router_udp_datagrams_total";
+const CONFIG_RELOADS: &str = "broadcast_router_config_reloads_total";
+const CONFIG_VERSION: &str = "broadcast_router_config_version";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -127,6 +129,14 @@ fn describe() {
     describe_counter!(
         DATAGRAMS,
         "UDP datagrams by route and outcome (sent, error), repeats included."
+    );
+    describe_counter!(
+        CONFIG_RELOADS,
+        "Configuration loads by outcome (initial, ok, error); after an error the previous configuration keeps serving."
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        "Version of the active configuration: 1 at start, one more per successful reload."
     );
     describe_counter!(
         DNS_STALE,
@@ -199,4 +209,11 @@ pub fn plugin_failure(route: &str, plugin: &str, cause: &'static str) {
         "cause" => cause
     )
     .increment(1);
+}
+
+/// A configuration load finished with `outcome` (initial, ok, error);
+/// `version` is the one now active.
+pub fn config_reloaded(outcome: &'static str, version: u64) {
+    counter!(CONFIG_RELOADS, "outcome" => outcome).increment(1);
+    gauge!(CONFIG_VERSION).set(version as f64);
 }

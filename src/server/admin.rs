@@ -1,8 +1,10 @@
-//! The admin listener: liveness, readiness and Prometheus metrics, on their
-//! own port so they are never mixed with broadcast routes.
+//! The admin listener: liveness, readiness, Prometheus metrics and the
+//! active configuration, on their own port so they are never mixed with
+//! broadcast routes.
 
 use std::sync::Arc;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -17,6 +19,7 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin/config", get(config))
         .with_state(state)
 }
 
@@ -38,4 +41,13 @@ async fn metrics() -> impl IntoResponse {
         )],
         telemetry::metrics().render(),
     )
+}
+
+/// The active configuration's version, digest, load time, routes and
+/// plugins, and the last rejected reload (until one succeeds).
+async fn config(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+    Json(serde_json::json!({
+        "active": state.config_info(),
+        "last_reload_failure": state.last_reload_failure(),
+    }))
 }
