@@ -43,7 +43,9 @@ pub struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
-    /// The `.wasm` component (relative paths start at the working directory).
+    /// The `.wasm` component. Relative paths start at the configuration
+    /// file's directory (with [`Config::load`]; [`Config::parse`] keeps them
+    /// relative to the working directory).
     pub path: PathBuf,
     /// What a failing plugin means for the broadcast.
     #[serde(default)]
@@ -121,6 +123,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Where compiled plugins are cached between restarts; default a
     /// `broadcast-router` folder in the system's temporary directory.
+    /// Relative paths start at the configuration file's directory, as for
+    /// plugins.
     pub plugin_cache_dir: Option<PathBuf>,
 }
 
@@ -338,20 +342,51 @@ fn default_hook_timeout() -> Duration {
 
 impl Config {
     /// Reads, parses and validates the configuration file at `path`.
+    ///
+    /// Relative paths in the file (each plugin's `path` and `[server]
+    /// plugin_cache_dir`) are resolved against the directory `path` names,
+    /// so a file and its plugins can move together: `plugins/x.wasm` in
+    /// `/etc/broadcast-router/router.toml` is
+    /// `/etc/broadcast-router/plugins/x.wasm`, whatever the working
+    /// directory. The directory is taken as written, without following
+    /// symbolic links (a Kubernetes ConfigMap volume links each file into a
+    /// hidden subdirectory).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text).map_err(|problems| ConfigError::Invalid {
+        let mut config = Self::parse(&text).map_err(|problems| ConfigError::Invalid {
             path: path.display().to_string(),
             problems,
-        })
+        })?;
+        if let Some(dir) = path.parent() {
+            config.resolve_relative_paths(dir);
+        }
+        Ok(config)
     }
 
     /// Parses and validates configuration text, reporting every problem.
+    /// Relative paths are kept as written (so they start at the working
+    /// directory); [`Config::load`] resolves them against the file's
+    /// directory.
     pub fn parse(text: &str) -> Result<Self, Problems> {
         load::parse(text)
+    }
+
+    /// Prefixes every relative path of the configuration with `dir`.
+    fn resolve_relative_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        for plugin in self.plugins.values_mut() {
+            resolve(&mut plugin.path);
+        }
+        if let Some(cache_dir) = self.server.plugin_cache_dir.as_mut() {
+            resolve(cache_dir);
+        }
     }
 
     /// Looks a route up by name.

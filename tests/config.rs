@@ -2,8 +2,9 @@
 //! problem of a file at once, each with the line and column it refers to;
 //! the real `broadcast-router check` command prints them as
 //! `FILE:LINE:COL: message` and fails, or prints a one-line summary and
-//! succeeds; every example under `config/` is valid; and the demo that the
-//! README's quick start runs answers a broadcast.
+//! succeeds; every example under `config/` is valid; relative paths in a
+//! file start at its directory; and the demo that the README's quick start
+//! runs answers a broadcast.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -185,9 +186,9 @@ fn syntax_errors_are_located() {
     );
 }
 
-#[test]
-fn every_example_config_passes_check() {
-    // config/plugins.toml names the example plugins: build them first.
+/// Builds the example plugins into `plugins/build/`, which
+/// `config/plugins.toml` names.
+fn build_plugins() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let built = Command::new("bash")
         .arg(root.join("plugins/build.sh"))
@@ -195,6 +196,11 @@ fn every_example_config_passes_check() {
         .output()
         .expect("bash runs plugins/build.sh");
     assert!(built.status.success(), "{}", text(&built.stderr));
+}
+
+#[test]
+fn every_example_config_passes_check() {
+    build_plugins();
     let files = example_configs();
     let names: Vec<String> = files
         .iter()
@@ -304,6 +310,108 @@ fn config_path_comes_from_the_environment() {
         .arg("check")
         .current_dir(elsewhere.path())
         .env("BROADCAST_ROUTER_CONFIG", example)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("the broadcast-router binary runs");
+
+    let stdout = text(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", text(&output.stderr));
+    assert!(
+        stdout.starts_with(&format!("{example}: ok, 1 route(s): invalidate (")),
+        "{stdout}"
+    );
+}
+
+/// A file with relative and absolute paths: a plugin cache, a plugin under
+/// `plugins/`, one elsewhere by absolute path, and a route using both.
+const RELATIVE_PATHS: &str = r#"[server]
+plugin_cache_dir = "cache/wasm"
+
+[plugins.shard]
+path = "plugins/shard_filter.wasm"
+
+[plugins.sign]
+path = "/opt/plugins/hmac_sign.wasm"
+
+[[routes]]
+name = "invalidate"
+path = "/cache/invalidate"
+targets = ["127.0.0.2:8080"]
+plugins = [{ use = "shard" }, { use = "sign" }]
+"#;
+
+#[test]
+fn relative_paths_start_at_the_config_files_directory() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let etc = dir.path().join("etc");
+    std::fs::create_dir(&etc).expect("create etc/");
+    let file = etc.join("router.toml");
+    std::fs::write(&file, RELATIVE_PATHS).expect("write the config");
+
+    let loaded = Config::load(&file).unwrap_or_else(|error| panic!("{error}"));
+
+    assert_eq!(
+        loaded.plugins["shard"].path,
+        etc.join("plugins/shard_filter.wasm")
+    );
+    assert_eq!(
+        loaded.plugins["sign"].path,
+        Path::new("/opt/plugins/hmac_sign.wasm"),
+        "absolute paths stay as written"
+    );
+    assert_eq!(
+        loaded.server.plugin_cache_dir.as_deref(),
+        Some(etc.join("cache/wasm").as_path())
+    );
+
+    let parsed = Config::parse(RELATIVE_PATHS).unwrap_or_else(|problems| panic!("{problems}"));
+    assert_eq!(
+        parsed.plugins["shard"].path,
+        Path::new("plugins/shard_filter.wasm"),
+        "text without a file keeps its paths relative to the working directory"
+    );
+    assert_eq!(
+        parsed.server.plugin_cache_dir.as_deref(),
+        Some(Path::new("cache/wasm"))
+    );
+}
+
+/// A Kubernetes ConfigMap volume mounts `router.toml` as a symbolic link
+/// into a hidden, versioned directory; the plugins mounted beside it must
+/// still be found next to the link, not next to its target.
+#[cfg(unix)]
+#[test]
+fn relative_paths_start_at_the_link_not_at_its_target() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mount = dir.path().join("etc/broadcast-router");
+    let data = mount.join("..2025_01_01_00_00_00.000000000");
+    std::fs::create_dir_all(&data).expect("create the data directory");
+    std::fs::write(data.join("router.toml"), RELATIVE_PATHS).expect("write the config");
+    std::os::unix::fs::symlink(
+        "..2025_01_01_00_00_00.000000000/router.toml",
+        mount.join("router.toml"),
+    )
+    .expect("link router.toml");
+
+    let loaded = Config::load(&mount.join("router.toml")).unwrap_or_else(|error| panic!("{error}"));
+
+    assert_eq!(
+        loaded.plugins["shard"].path,
+        mount.join("plugins/shard_filter.wasm")
+    );
+}
+
+#[test]
+fn check_finds_the_plugins_of_a_file_from_any_working_directory() {
+    build_plugins();
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/plugins.toml");
+    let example = example.to_str().expect("UTF-8 path");
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+
+    let output = Command::new(BINARY)
+        .args(["check", "--config", example])
+        .current_dir(elsewhere.path())
+        .env_remove("BROADCAST_ROUTER_CONFIG")
         .env("RUST_LOG", "off")
         .output()
         .expect("the broadcast-router binary runs");
