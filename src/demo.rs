@@ -1,8 +1,13 @@
-//! `broadcast-router demo`: a router and a few echo pods on loopback
+//! Echo pods: HTTP servers that answer every request with 200 and a JSON
+//! summary of what they received.
+//!
+//! `broadcast-router demo` runs a router and a few of them on loopback
 //! addresses (127.0.0.2, 127.0.0.3, …, all on one port, like pods behind a
 //! headless Service), so a newcomer can try a broadcast with nothing else
-//! installed.
+//! installed; `broadcast-router echo` runs one as a real receiver, e.g. as
+//! the pods of the Kubernetes example in `deploy/examples/`.
 
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 
 use axum::Json;
@@ -33,8 +38,8 @@ pub async fn spawn_echo_pods(count: usize) -> std::io::Result<Vec<SocketAddr>> {
         for listener in listeners {
             let addr = listener.local_addr()?;
             addrs.push(addr);
-            let app = axum::Router::new().fallback(move |request: Request| echo(addr, request));
-            tokio::spawn(async move { axum::serve(listener, app).await });
+            let pod = addr.to_string();
+            tokio::spawn(serve_echo(listener, pod, std::future::pending()));
         }
         return Ok(addrs);
     }
@@ -43,7 +48,45 @@ pub async fn spawn_echo_pods(count: usize) -> std::io::Result<Vec<SocketAddr>> {
     ))
 }
 
-async fn echo(pod: SocketAddr, request: Request) -> Json<serde_json::Value> {
+/// Serves an echo pod named `pod` on `listener` until `shutdown` completes,
+/// then finishes the requests already received.
+///
+/// Every request, whatever its method and path, is answered 200 with
+/// `{"pod", "method", "path", "broadcast_id", "bytes"}`: the pod's name,
+/// what was asked, the `X-Broadcast-Id` header (or `null`) and the body's
+/// length (bodies are read up to 1 MiB). Each request is logged at `info`.
+pub async fn serve_echo(
+    listener: TcpListener,
+    pod: String,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local_addr = listener.local_addr()?;
+    tracing::info!(%local_addr, %pod, "Echo pod listening.");
+    let pod: std::sync::Arc<str> = pod.into();
+    let app = axum::Router::new().fallback(move |request: Request| echo(pod.clone(), request));
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// The name an echo pod started by `broadcast-router echo` reports when
+/// none is given: the `HOSTNAME` environment variable (in Kubernetes, the
+/// pod's name), else the kernel's host name, else `"echo"`.
+pub fn host_name() -> String {
+    let from_env = std::env::var("HOSTNAME").ok();
+    let from_kernel = || {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|name| name.trim().to_owned())
+    };
+    from_env
+        .filter(|name| !name.trim().is_empty())
+        .or_else(from_kernel)
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "echo".to_owned())
+}
+
+async fn echo(pod: std::sync::Arc<str>, request: Request) -> Json<serde_json::Value> {
     let (parts, body) = request.into_parts();
     let body = axum::body::to_bytes(body, 1 << 20)
         .await
@@ -54,12 +97,20 @@ async fn echo(pod: SocketAddr, request: Request) -> Json<serde_json::Value> {
             .and_then(|value| value.to_str().ok())
             .map(str::to_owned)
     };
-    tracing::info!(%pod, path = %parts.uri, bytes = body.len(), "Demo pod received a broadcast.");
+    let broadcast_id = header(&parts.headers, "x-broadcast-id");
+    tracing::info!(
+        %pod,
+        method = %parts.method,
+        path = %parts.uri,
+        broadcast_id = broadcast_id.as_deref().unwrap_or("-"),
+        bytes = body.len(),
+        "Echo pod received a request."
+    );
     Json(json!({
-        "pod": pod.to_string(),
+        "pod": &*pod,
         "method": parts.method.as_str(),
         "path": parts.uri.to_string(),
-        "broadcast_id": header(&parts.headers, "x-broadcast-id"),
+        "broadcast_id": broadcast_id,
         "bytes": body.len(),
     }))
 }

@@ -62,6 +62,21 @@ enum Command {
     /// On a pod: receive UDP broadcasts, drop repeated copies, and print each
     /// message as a JSON line on stdout (or POST it to a local URL).
     Listen(ListenArgs),
+    /// Answer every HTTP request with 200 and a JSON echo of it (pod name,
+    /// method, path, broadcast id, body size), logging each one: a receiver
+    /// to try broadcasts against.
+    Echo(EchoArgs),
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    /// The address to serve on.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// The name the answers carry. Default: $HOSTNAME (in Kubernetes, the
+    /// pod's name), else the host's name.
+    #[arg(long, env = "POD_NAME")]
+    name: Option<String>,
 }
 
 #[derive(Args)]
@@ -147,6 +162,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Listen(args) => {
             listen(args).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Echo(args) => {
+            echo(args).await?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -291,6 +310,16 @@ async fn listen(args: ListenArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot receive on UDP {addr}"))?;
     receiver::run(receiver, sink, shutdown_signal()).await?;
     Ok(())
+}
+
+async fn echo(args: EchoArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let name = args.name.unwrap_or_else(demo::host_name);
+    demo::serve_echo(listener, name, shutdown_signal())
+        .await
+        .context("the echo pod failed")
 }
 
 fn parse_window_age(text: &str) -> Result<Duration, String> {
