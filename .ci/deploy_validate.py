@@ -21,6 +21,7 @@ Prints one line per problem and exits 1 if there is any.
 
 import argparse
 import base64
+import re
 import shutil
 import sys
 import tomllib
@@ -49,7 +50,8 @@ def main() -> int:
     for version in args.kubernetes_version:
         for obj in objects:
             problems += schema_problems(obj, version)
-    problems += consistency_problems(objects)
+    if not problems:  # the checks below assume well-formed objects
+        problems += consistency_problems(objects)
     if args.layout and not problems:
         problems += lay_out(objects, args.layout)
 
@@ -137,12 +139,12 @@ def consistency_problems(objects):
 
 
 def seconds(text: str) -> float:
-    """A humantime duration of the simple kind router.toml uses: "20s", "1m"."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
-    for unit in sorted(units, key=len, reverse=True):
-        if text.endswith(unit) and text[: -len(unit)].strip().isdigit():
-            return int(text[: -len(unit)]) * units[unit]
-    raise ValueError(f"cannot read the duration {text!r}")
+    """A humantime duration of the usual kinds: "20s", "1m 30s", "500ms"."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    parts = re.findall(r"(\d+)\s*([a-z]+)", text)
+    if not parts or re.sub(r"\d+\s*[a-z]+|\s", "", text) or any(u not in units for _, u in parts):
+        raise ValueError(f"cannot read the duration {text!r}")
+    return sum(int(n) * units[u] for n, u in parts)
 
 
 def grace_problems(deployment, config_maps):
@@ -150,7 +152,10 @@ def grace_problems(deployment, config_maps):
     if config_map is None:
         return [f"{name(deployment)}: no ConfigMap {CONFIG_MAP} rendered"]
     config = tomllib.loads(config_map["data"]["router.toml"])
-    grace = seconds(config.get("server", {}).get("shutdown_grace", "20s"))
+    try:
+        grace = seconds(config.get("server", {}).get("shutdown_grace", "20s"))
+    except ValueError as error:
+        return [f"{name(config_map)}: router.toml: shutdown_grace: {error}"]
     spec = deployment["spec"]["template"]["spec"]
     router = next(c for c in spec["containers"] if c["name"] == "router")
     pre_stop = router.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
