@@ -80,6 +80,10 @@ pub enum ServiceRefused {
     /// The name is well formed but not on the route's allow-list.
     #[error("service `{0}` is not allowed on this route")]
     NotAllowed(String),
+    /// The allowed name makes the route's DNS name longer than 253
+    /// characters.
+    #[error("service `{0}` makes the DNS name longer than 253 characters")]
+    TooLong(String),
 }
 
 impl Route {
@@ -170,7 +174,11 @@ impl Route {
         {
             return Err(ServiceRefused::NotAllowed(requested.to_owned()));
         }
-        Ok(Some(name.replace(SERVICE_PLACEHOLDER, requested)))
+        let resolved = name.replace(SERVICE_PLACEHOLDER, requested);
+        if !valid_service_name(&resolved) {
+            return Err(ServiceRefused::TooLong(requested.to_owned()));
+        }
+        Ok(Some(resolved))
     }
 
     /// The path and query the pods receive. Captured values are
@@ -247,7 +255,10 @@ fn encode_segment(segment: &str) -> Result<String, UnsafePath> {
 }
 
 /// Whether `label` is one lowercase DNS label that cannot escape its
-/// template: no dots, no uppercase, no punycode, not an address.
+/// template: no dots, no uppercase (DNS ignores case, so `WEB` would alias
+/// `web`), no punycode, not a number an address parser would read as an
+/// IPv4 address (`2130706433`, `0x7f000001`), and not `localhost`, which
+/// resolvers answer with loopback addresses without asking DNS.
 fn is_service_label(label: &str) -> bool {
     (1..=63).contains(&label.len())
         && label
@@ -257,6 +268,10 @@ fn is_service_label(label: &str) -> bool {
         && !label.ends_with('-')
         && !label.starts_with("xn--")
         && !label.bytes().all(|b| b.is_ascii_digit())
+        && !label
+            .strip_prefix("0x")
+            .is_some_and(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()))
+        && label != "localhost"
 }
 
 /// Whether `name` is a usable DNS name: lowercase labels separated by
@@ -300,6 +315,9 @@ mod tests {
     fn service_labels_cannot_escape_the_template() {
         assert!(is_service_label("web"));
         assert!(is_service_label("web-2"));
+        assert!(is_service_label("0xcafe-api"));
+        assert!(is_service_label("2fa"));
+        assert!(is_service_label("localhost-proxy"));
         for hostile in [
             "",
             "web.evil",
@@ -312,6 +330,10 @@ mod tests {
             "a/b",
             "127.0.0.1",
             "web%2e",
+            "0x7f000001",
+            "0x",
+            "2130706433",
+            "localhost",
         ] {
             assert!(!is_service_label(hostile), "{hostile:?} must be refused");
         }
