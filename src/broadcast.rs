@@ -31,6 +31,7 @@ use crate::config::Mode;
 use crate::discovery::{Discovery, DiscoveryError, Target, dns::LookupError};
 use crate::fanout::udp::UdpSender;
 use crate::fanout::{Delivery, Fanout, PodRequest};
+use crate::limit::{Admitted, DeliveryBudget, Refused, Reserved};
 use crate::plugin::bindings::{self, CheckedVerdict, RequestHead};
 use crate::plugin::{PluginFailure, Session, run_plugins};
 use crate::route::Route;
@@ -57,6 +58,7 @@ struct Shared {
     next_key: AtomicU64,
     udp: UdpSender,
     sequence: AtomicU64,
+    deliveries: DeliveryBudget,
 }
 
 /// A broadcast that is running; its answer comes through [`Started::answer`].
@@ -106,6 +108,21 @@ pub enum StartError {
         /// The route's `udp.max_datagram_bytes`.
         limit: usize,
     },
+    /// Discovery found more pods than the route's `max_targets`.
+    #[error(
+        "route \"{route}\": discovery found {found} pods, more than the route's max_targets of {limit}; nothing was sent"
+    )]
+    TooManyTargets {
+        /// The route.
+        route: Arc<str>,
+        /// How many pods discovery found.
+        found: usize,
+        /// The route's `max_targets`.
+        limit: usize,
+    },
+    /// The router-wide delivery budget is used up.
+    #[error(transparent)]
+    Refused(#[from] Refused),
     /// The plugins selected no pod at all.
     #[error("route \"{route}\": the plugins selected none of the {discovered} discovered pods")]
     NoneSelected {
@@ -121,6 +138,8 @@ struct Prepared {
     targets: Vec<Target>,
     requests: Vec<Arc<PodRequest>>,
     plugins: Option<(Session, RequestHead)>,
+    /// The broadcast's share of the router-wide delivery budget.
+    reserved: Reserved,
 }
 
 /// Why the broadcaster could not be built.
@@ -136,8 +155,9 @@ pub enum BuildError {
 
 impl Broadcaster {
     /// Builds the shared discovery and delivery machinery; the DNS
-    /// resolver only `with_dns` (some route names a `service`).
-    pub fn new(dns: &DnsConfig, with_dns: bool) -> Result<Self, BuildError> {
+    /// resolver only `with_dns` (some route names a `service`). At most
+    /// `max_deliveries` pod deliveries are in flight at once.
+    pub fn new(dns: &DnsConfig, with_dns: bool, max_deliveries: usize) -> Result<Self, BuildError> {
         Ok(Self {
             discovery: Arc::new(Discovery::new(dns, with_dns)?),
             dns: dns.clone(),
@@ -148,6 +168,7 @@ impl Broadcaster {
                 in_flight: Mutex::default(),
                 next_key: AtomicU64::new(0),
                 udp: UdpSender::default(),
+                deliveries: DeliveryBudget::new(max_deliveries),
                 // Sequence numbers start at the process start time in
                 // microseconds, so they keep growing across restarts.
                 sequence: AtomicU64::new(
@@ -180,12 +201,14 @@ impl Broadcaster {
 
     /// Discovers the route's pods, runs the route's plugins (selection and
     /// transforms) and starts broadcasting `request` to them over HTTP.
+    /// `admitted` is held until the last delivery finished.
     pub async fn start(
         self: &Arc<Self>,
         route: Arc<Route>,
         service: Option<String>,
         id: String,
         request: PodRequest,
+        admitted: Admitted,
     ) -> Result<Started, StartError> {
         let started = Instant::now();
         let prepared = self
@@ -196,7 +219,11 @@ impl Broadcaster {
         let span = tracing::info_span!("broadcast", route = %route.name, id = %id);
         let this = Arc::clone(self);
         self.shared.tasks.spawn(
-            async move { this.run(route, id, prepared, started, answer).await }.instrument(span),
+            async move {
+                this.run(route, id, prepared, started, answer).await;
+                drop(admitted);
+            }
+            .instrument(span),
         );
         Ok(Started {
             targets: count,
@@ -214,10 +241,14 @@ impl Broadcaster {
         service: Option<String>,
         id: String,
         request: PodRequest,
+        admitted: Admitted,
     ) -> Result<UdpReport, StartError> {
         let started = Instant::now();
         let Prepared {
-            targets, requests, ..
+            targets,
+            requests,
+            reserved,
+            ..
         } = self
             .discover_and_prepare(&route, service, &id, request, started)
             .await?;
@@ -244,7 +275,8 @@ impl Broadcaster {
                 let _registered = InFlight::register(&this.shared.in_flight, key, &id, &route.name);
                 telemetry::broadcast_started(&route.name, targets.len());
                 let results = this
-                    .shared.udp
+                    .shared
+                    .udp
                     .send(&targets, &id, sequence, &payloads, &route.udp)
                     .await;
                 let sent: u32 = results.iter().map(|result| result.datagrams).sum();
@@ -271,6 +303,7 @@ impl Broadcaster {
                     datagrams = sent,
                     "UDP broadcast sent."
                 );
+                drop((reserved, admitted));
                 let json = this.serialize_for_collector(&route, &report);
                 let _ = answer.send(report);
                 this.report(&route, &id_of_udp, json).await;
@@ -293,7 +326,17 @@ impl Broadcaster {
             .discovery
             .targets(&route.source, service.as_deref())
             .await?;
-        run_plugins(|| prepare(route, id, discovered, Arc::new(request), started))
+        if discovered.len() > route.max_targets {
+            return Err(StartError::TooManyTargets {
+                route: route.name.clone(),
+                found: discovered.len(),
+                limit: route.max_targets,
+            });
+        }
+        let mut prepared =
+            run_plugins(|| prepare(route, id, discovered, Arc::new(request), started))?;
+        prepared.reserved = self.shared.deliveries.reserve(prepared.targets.len())?;
+        Ok(prepared)
     }
 
     /// The report as JSON, when the route has a collector to send it to.
@@ -329,6 +372,7 @@ impl Broadcaster {
             targets,
             requests,
             plugins,
+            reserved,
         } = prepared;
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let _registered = InFlight::register(&self.shared.in_flight, key, &id, &route.name);
@@ -339,9 +383,10 @@ impl Broadcaster {
         let early = route.policy.answers_early() && !route.plugins.aggregates();
         let required = route.policy.required(targets.len());
         let mut succeeded = 0;
-        let mut deliveries = self
-            .shared.fanout
-            .deliver_all(&requests, &targets, &route.limits, started);
+        let mut deliveries =
+            self.shared
+                .fanout
+                .deliver_all(&requests, &targets, &route.limits, started);
         while let Some((index, delivery)) = deliveries.next().await {
             telemetry::delivery_finished(
                 &route.name,
@@ -376,6 +421,8 @@ impl Broadcaster {
             }
         }
         drop(deliveries);
+        // Every delivery has its outcome: give back their share of the budget.
+        drop(reserved);
 
         let mut report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
         let (verdict, plugin_failure) = match plugins {
@@ -433,7 +480,8 @@ impl Broadcaster {
             return Vec::new();
         }
         let unfinished: Vec<(String, Arc<str>)> = self
-            .shared.in_flight
+            .shared
+            .in_flight
             .lock()
             .expect("in-flight lock")
             .values()
@@ -466,6 +514,7 @@ fn prepare(
             targets: discovered,
             requests,
             plugins: None,
+            reserved: Reserved::default(),
         });
     }
     let mut session = route
@@ -492,6 +541,7 @@ fn prepare(
         targets,
         requests,
         plugins: Some((session, head)),
+        reserved: Reserved::default(),
     })
 }
 

@@ -37,6 +37,39 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The `[plugins.NAME]` tables: Wasm plugins routes can use.
     pub plugins: BTreeMap<String, PluginConfig>,
+    /// The `[tokens.NAME]` tables: bearer token sets routes and the admin
+    /// endpoints can require.
+    pub tokens: BTreeMap<String, TokenSetConfig>,
+}
+
+/// One `[tokens.NAME]` table: where a set of bearer tokens is read from.
+/// Tokens never appear in the configuration file itself, so it can live in
+/// a ConfigMap while the tokens come from a Secret.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSetConfig {
+    /// A file with one token per line (blank lines and lines starting
+    /// with `#` are skipped), e.g. a key of a mounted Kubernetes Secret.
+    /// Relative paths start at the configuration file's directory.
+    pub file: Option<PathBuf>,
+    /// An environment variable holding the tokens, separated by commas or
+    /// whitespace.
+    pub env: Option<String>,
+    /// Where the table is in the file (set while loading).
+    #[serde(skip)]
+    pub location: Location,
+}
+
+/// A route's `rate_limit`: a token bucket refilled at `per_second` that
+/// holds at most `burst` broadcasts.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Sustained broadcasts per second (may be fractional, e.g. 0.5).
+    pub per_second: f64,
+    /// Broadcasts allowed at once after a quiet period (at least 1).
+    #[serde(default = "default_burst")]
+    pub burst: u32,
 }
 
 /// One `[plugins.NAME]` table: a Wasm component and its limits.
@@ -121,6 +154,23 @@ pub struct ServerConfig {
     /// How long in-flight broadcasts may run after SIGTERM before exit.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Most header fields in one request; more get 431.
+    pub max_header_count: usize,
+    /// Most bytes of request line and headers together; more get 431
+    /// (8 KiB is always allowed).
+    pub max_header_bytes: ByteSize,
+    /// How long a client may take to send a request's headers (then the
+    /// connection is closed) and, separately, its body (then 408).
+    #[serde(with = "humantime_serde")]
+    pub client_timeout: Duration,
+    /// Most pod deliveries in flight across all broadcasts; a broadcast
+    /// that would go above it is refused with 429 before anything is sent.
+    /// Read at start; a reload keeps the first value.
+    pub max_in_flight_deliveries: usize,
+    /// Token sets (`[tokens.NAME]`) whose tokens may read `/metrics` and
+    /// `/admin/*`; empty leaves them open. `/healthz` and `/readyz` are
+    /// always open.
+    pub admin_auth: Vec<String>,
     /// Where compiled plugins are cached between restarts; default a
     /// `broadcast-router` folder in the system's temporary directory.
     /// Relative paths start at the configuration file's directory, as for
@@ -135,6 +185,11 @@ impl Default for ServerConfig {
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9090)),
             max_body_bytes: ByteSize::mib(1),
             shutdown_grace: Duration::from_secs(20),
+            max_header_count: 64,
+            max_header_bytes: ByteSize::kib(16),
+            client_timeout: Duration::from_secs(10),
+            max_in_flight_deliveries: 10_000,
+            admin_auth: Vec::new(),
             plugin_cache_dir: None,
         }
     }
@@ -258,6 +313,20 @@ pub struct RouteConfig {
     /// The plugin chain, in order: `[{ use = "NAME", config = { … } }]`.
     #[serde(default)]
     pub plugins: Vec<PluginUse>,
+    /// Token sets (`[tokens.NAME]`) accepted in `Authorization: Bearer`;
+    /// empty: the route needs no token.
+    #[serde(default)]
+    pub auth: Vec<String>,
+    /// Most broadcasts per second, as a token bucket; more get 429 with
+    /// `Retry-After`. Absent: no rate limit.
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Most broadcasts of this route running at once (background
+    /// deliveries included); more get 429. Absent: no limit.
+    pub max_concurrent: Option<usize>,
+    /// Most pods one broadcast may go to. When discovery finds more, the
+    /// broadcast is refused (503) rather than cut short.
+    #[serde(default = "default_max_targets")]
+    pub max_targets: usize,
 }
 
 /// How a route delivers to its pods.
@@ -309,6 +378,12 @@ impl Default for UdpConfig {
     }
 }
 
+fn default_burst() -> u32 {
+    1
+}
+fn default_max_targets() -> usize {
+    1000
+}
 fn default_methods() -> Vec<String> {
     vec!["POST".to_owned()]
 }
@@ -383,6 +458,9 @@ impl Config {
         };
         for plugin in self.plugins.values_mut() {
             resolve(&mut plugin.path);
+        }
+        for file in self.tokens.values_mut().filter_map(|set| set.file.as_mut()) {
+            resolve(file);
         }
         if let Some(cache_dir) = self.server.plugin_cache_dir.as_mut() {
             resolve(cache_dir);

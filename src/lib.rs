@@ -4,11 +4,12 @@
 //! A request flows through the modules in this order:
 //!
 //! 1. [`server`] receives it on a configured route ([`config`], compiled
-//!    into a [`route::Route`]), checks the broadcast id, a templated
-//!    service's allow-list and the body size;
+//!    into a [`route::Route`]), refuses loops, checks the bearer token
+//!    ([`auth`]), the route's rate and concurrency limits ([`limit`]), the
+//!    broadcast id, a templated service's allow-list and the body size;
 //! 2. [`discovery`] turns the route's headless Service (or static list) into
 //!    targets, from a TTL-honouring DNS cache that serves stale answers
-//!    while DNS fails;
+//!    while DNS fails (more than the route's `max_targets` are refused);
 //! 3. [`plugin`] runs the route's Wasm plugins: they may narrow the targets
 //!    and change each pod's copy of the request;
 //! 4. [`broadcast`] runs the broadcast in its own task, where [`fanout`]
@@ -27,12 +28,14 @@
 #![warn(missing_docs)]
 
 pub mod aggregate;
+pub mod auth;
 pub mod broadcast;
 pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod fanout;
 pub mod frame;
+pub mod limit;
 pub mod plugin;
 pub mod receiver;
 pub mod reload;

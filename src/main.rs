@@ -5,12 +5,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use broadcast_router::config::{Config, ConfigError, Protocol};
+use broadcast_router::auth::Tokens;
+use broadcast_router::config::{Config, ConfigError, Problems, Protocol};
 use broadcast_router::discovery::Discovery;
 use broadcast_router::plugin::Plugins;
 use broadcast_router::receiver::{self, Forwarder, Receiver, ReceiverOptions, Sink};
@@ -209,13 +210,23 @@ fn check(arg: &ConfigArg) -> ExitCode {
     let path = arg.config.display();
     let loaded = Config::load(&arg.config).and_then(|config| {
         // Loading the plugins checks them against the contract and runs
-        // their init with every route's config.
-        Plugins::load(&config)
-            .map(|_| config)
-            .map_err(|problems| ConfigError::Invalid {
+        // their init with every route's config; token sets must be
+        // readable and hold usable tokens.
+        let mut problems = Vec::new();
+        if let Err(found) = Plugins::load(&config) {
+            problems.extend(found.0);
+        }
+        if let Err(found) = Tokens::load(&config) {
+            problems.extend(found.0);
+        }
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid {
                 path: arg.config.display().to_string(),
-                problems,
+                problems: Problems(problems),
             })
+        }
     });
     match loaded {
         Ok(config) => {

@@ -40,8 +40,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Reads and validates the configuration at `path` and hashes it
-    /// together with every plugin file it names (a plugin that cannot be
-    /// read is left to plugin loading to report).
+    /// together with every plugin and token file it names (a file that
+    /// cannot be read is left to plugin or token loading to report).
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
         let config = Config::load(path)?;
         let mut digest = Sha256::new();
@@ -51,9 +51,17 @@ impl Snapshot {
         })?;
         digest.update((text.len() as u64).to_le_bytes());
         digest.update(&text);
-        for (name, plugin) in &config.plugins {
+        let plugins = config
+            .plugins
+            .iter()
+            .map(|(name, plugin)| (name, &plugin.path));
+        let token_files = config
+            .tokens
+            .iter()
+            .filter_map(|(name, set)| Some((name, set.file.as_ref()?)));
+        for (name, file) in plugins.chain(token_files) {
             digest.update(name.as_bytes());
-            match std::fs::read(&plugin.path) {
+            match std::fs::read(file) {
                 Ok(bytes) => {
                     digest.update((bytes.len() as u64).to_le_bytes());
                     digest.update(&bytes);
@@ -76,10 +84,21 @@ impl Snapshot {
     }
 
     /// The directories to watch: the configuration file's and every
-    /// plugin file's.
+    /// plugin and token file's.
     fn directories(&self, path: &Path) -> BTreeSet<PathBuf> {
         std::iter::once(path)
-            .chain(self.config.plugins.values().map(|plugin| plugin.path.as_path()))
+            .chain(
+                self.config
+                    .plugins
+                    .values()
+                    .map(|plugin| plugin.path.as_path()),
+            )
+            .chain(
+                self.config
+                    .tokens
+                    .values()
+                    .filter_map(|set| set.file.as_deref()),
+            )
             .map(directory_of)
             .collect()
     }
@@ -148,8 +167,7 @@ impl Reloader {
             Ok(Err(error)) => return Err(self.state.reject(error.into())),
             Err(error) => return Err(self.state.reject(error)),
         };
-        if trigger == Trigger::Watch && snapshot.origin.sha256 == self.state.config_info().sha256
-        {
+        if trigger == Trigger::Watch && snapshot.origin.sha256 == self.state.config_info().sha256 {
             // The files are the active configuration again (e.g. a bad
             // edit was undone): an earlier rejection no longer applies.
             self.state.clear_reload_failure();
@@ -210,7 +228,10 @@ fn log(trigger: Trigger, outcome: &Result<Outcome, ReloadError>) {
             "Configuration reloaded; new broadcasts use it, running ones finish on the previous one."
         ),
         Ok(Outcome::Unchanged) => {
-            tracing::debug!(?trigger, "Configuration files unchanged; nothing to reload.");
+            tracing::debug!(
+                ?trigger,
+                "Configuration files unchanged; nothing to reload."
+            );
         }
         Err(error) => tracing::error!(
             ?trigger,

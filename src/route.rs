@@ -10,9 +10,11 @@ use axum::http::{Method, Uri};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 use crate::aggregate::Policy;
+use crate::auth::Guard;
 use crate::config::{Mode, Protocol, RouteConfig};
 use crate::fanout::Limits;
 use crate::fanout::udp::UdpSettings;
+use crate::limit::Admission;
 use crate::plugin::Chain;
 
 /// The placeholder a templated `service` (and `upstream_path`) uses for the
@@ -44,6 +46,12 @@ pub struct Route {
     pub report_to: Option<ReportTo>,
     /// The route's plugin chain (set when plugins are loaded).
     pub plugins: Chain,
+    /// The token a request must carry (set when token sets are loaded).
+    pub auth: Guard,
+    /// Per-second and at-once limits on the route's broadcasts.
+    pub admission: Admission,
+    /// Most pods one broadcast may go to; more are refused, not cut.
+    pub max_targets: usize,
     upstream_path: Option<String>,
     allow_services: Vec<glob::Pattern>,
 }
@@ -139,6 +147,9 @@ impl Route {
                 })
             }),
             plugins: Chain::default(),
+            auth: Guard::default(),
+            admission: Admission::from_config(config),
+            max_targets: config.max_targets,
             upstream_path: config.upstream_path.clone(),
             allow_services: config
                 .allow_services

@@ -11,6 +11,7 @@
 
 pub mod admin;
 mod error;
+pub mod listener;
 
 pub use error::ApiError;
 
@@ -34,13 +35,16 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
 use crate::aggregate::Accepted;
+use crate::auth::{Guard, Tokens};
 use crate::broadcast::{self, Broadcaster, BuildError};
 use crate::config::{Config, Mode, Problems, Protocol};
 use crate::fanout::PodRequest;
 use crate::fanout::headers::{self, BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS};
+use crate::limit::Admitted;
 use crate::plugin::Plugins;
 use crate::route::Route;
 use crate::telemetry;
+use listener::ClientLimits;
 
 /// What the listeners share: the active configuration generation, which a
 /// reload replaces atomically, and readiness, which a reload never touches.
@@ -66,8 +70,10 @@ pub struct Generation {
     routes: Vec<Arc<Route>>,
     broadcaster: Arc<Broadcaster>,
     max_body_bytes: usize,
+    client_timeout: Duration,
     shutdown_grace: Duration,
     listen: (SocketAddr, SocketAddr),
+    admin_auth: Guard,
     info: ConfigInfo,
 }
 
@@ -82,8 +88,8 @@ pub struct ConfigInfo {
     /// The file it was read from (absent for a configuration built in
     /// memory, as in tests and the demo).
     pub source: Option<PathBuf>,
-    /// SHA-256 of the configuration file followed by every plugin file, in
-    /// hex; absent for a configuration built in memory.
+    /// SHA-256 of the configuration file followed by every plugin and
+    /// token file, in hex; absent for a configuration built in memory.
     pub sha256: Option<String>,
     /// The routes by name.
     pub routes: Vec<String>,
@@ -116,6 +122,7 @@ impl Generation {
     fn build(
         config: &Config,
         plugins: &Plugins,
+        tokens: &Tokens,
         previous: Option<&Broadcaster>,
         version: u64,
         origin: Origin,
@@ -123,7 +130,11 @@ impl Generation {
         let with_dns = config.routes.iter().any(|route| route.service.is_some());
         let broadcaster = match previous {
             Some(previous) => previous.reconfigured(&config.dns, with_dns)?,
-            None => Broadcaster::new(&config.dns, with_dns)?,
+            None => Broadcaster::new(
+                &config.dns,
+                with_dns,
+                config.server.max_in_flight_deliveries,
+            )?,
         };
         let routes: Vec<Arc<Route>> = config
             .routes
@@ -131,6 +142,7 @@ impl Generation {
             .map(|route| {
                 let mut compiled = Route::from_config(route);
                 compiled.plugins = plugins.chain(&route.name);
+                compiled.auth = tokens.guard(&route.auth);
                 Arc::new(compiled)
             })
             .collect();
@@ -151,8 +163,10 @@ impl Generation {
             broadcaster: Arc::new(broadcaster),
             max_body_bytes: usize::try_from(config.server.max_body_bytes.as_u64())
                 .unwrap_or(usize::MAX),
+            client_timeout: config.server.client_timeout,
             shutdown_grace: config.server.shutdown_grace,
             listen: (config.server.listen, config.server.admin_listen),
+            admin_auth: tokens.guard(&config.server.admin_auth),
             info,
         })
     }
@@ -185,6 +199,12 @@ impl AppState {
     /// The active configuration's description.
     pub fn config_info(&self) -> ConfigInfo {
         self.active().generation.info.clone()
+    }
+
+    /// What `/metrics` and `/admin/*` require (the active configuration's
+    /// `admin_auth`).
+    pub fn admin_guard(&self) -> Guard {
+        self.active().generation.admin_auth.clone()
     }
 
     /// The last rejected reload, unless a reload succeeded since.
@@ -249,18 +269,21 @@ impl AppState {
 
     async fn build_next(&self, config: Config, origin: Origin) -> Result<Generation, ReloadError> {
         // Compiling plugins is CPU work: keep it off the request workers.
-        let (config, plugins) = tokio::task::spawn_blocking(move || {
+        let (config, plugins, tokens) = tokio::task::spawn_blocking(move || {
             let plugins = Plugins::load(&config);
-            (config, plugins)
+            let tokens = Tokens::load(&config);
+            (config, plugins, tokens)
         })
         .await
         .map_err(|error| ReloadError::Panicked(error.to_string()))?;
         let plugins = plugins.map_err(ReloadError::Plugins)?;
+        let tokens = tokens.map_err(ReloadError::Tokens)?;
         let previous = self.active().generation;
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         Ok(Generation::build(
             &config,
             &plugins,
+            &tokens,
             Some(&previous.broadcaster),
             version,
             origin,
@@ -278,6 +301,9 @@ pub enum ReloadError {
     /// A plugin could not be loaded or rejected its config.
     #[error("plugins: {0}")]
     Plugins(Problems),
+    /// A token set could not be read.
+    #[error("tokens: {0}")]
+    Tokens(Problems),
     /// The DNS resolver or HTTP client could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -340,10 +366,21 @@ async fn handle(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
+    if headers::has_looped(&parts.headers) {
+        return reject(&route, None, ApiError::Loop);
+    }
+    if let Err(denied) = route.auth.check(&parts.headers) {
+        return reject(&route, None, denied.into());
+    }
     let id = match parts.headers.get(BROADCAST_ID).map(HeaderValue::to_str) {
         None => uuid::Uuid::new_v4().to_string(),
         Some(Ok(id)) if headers::valid_broadcast_id(id) => id.to_owned(),
         Some(_) => return reject(&route, None, ApiError::BadBroadcastId),
+    };
+    // Over a limit, the request is refused before its body is read.
+    let admitted = match route.admission.admit() {
+        Ok(admitted) => admitted,
+        Err(refused) => return reject(&route, Some(&id), refused.into()),
     };
     let params: Vec<(String, String)> = params
         .iter()
@@ -357,9 +394,17 @@ async fn handle(
         Ok(service) => service,
         Err(refused) => return reject(&route, Some(&id), refused.into()),
     };
-    let body = match read_body(body, &parts.headers, state.max_body_bytes).await {
-        Ok(body) => body,
-        Err(error) => return reject(&route, Some(&id), error),
+    let reading = read_body(body, &parts.headers, state.max_body_bytes);
+    let body = match tokio::time::timeout(state.client_timeout, reading).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(error)) => return reject(&route, Some(&id), error),
+        Err(_) => {
+            return reject(
+                &route,
+                Some(&id),
+                ApiError::ClientTimeout(state.client_timeout),
+            );
+        }
     };
     let path_and_query = match route.upstream_path_and_query(&parts.uri, &params) {
         Ok(path) => path,
@@ -372,8 +417,8 @@ async fn handle(
         body,
     };
     let answer = match route.protocol {
-        Protocol::Udp => udp_answer(&state, &route, service, &id, request).await,
-        Protocol::Http => http_answer(&state, &route, service, &id, request).await,
+        Protocol::Udp => udp_answer(&state, &route, service, &id, request, admitted).await,
+        Protocol::Http => http_answer(&state, &route, service, &id, request, admitted).await,
     };
     match answer {
         Ok(Answered {
@@ -414,10 +459,11 @@ async fn udp_answer(
     service: Option<String>,
     id: &str,
     request: PodRequest,
+    admitted: Admitted,
 ) -> Result<Answered, broadcast::StartError> {
     let report = state
         .broadcaster
-        .send_udp(Arc::clone(route), service, id.to_owned(), request)
+        .send_udp(Arc::clone(route), service, id.to_owned(), request, admitted)
         .await?;
     Ok(Answered {
         status: StatusCode::ACCEPTED,
@@ -435,10 +481,11 @@ async fn http_answer(
     service: Option<String>,
     id: &str,
     request: PodRequest,
+    admitted: Admitted,
 ) -> Result<Answered, broadcast::StartError> {
     let started = state
         .broadcaster
-        .start(Arc::clone(route), service, id.to_owned(), request)
+        .start(Arc::clone(route), service, id.to_owned(), request, admitted)
         .await?;
     if route.mode == Mode::Async {
         let targets = started.targets;
@@ -526,6 +573,9 @@ pub enum StartError {
     /// A plugin could not be loaded or rejected its config.
     #[error("plugins: {0}")]
     Plugins(Problems),
+    /// A token set could not be read.
+    #[error("tokens: {0}")]
+    Tokens(Problems),
 }
 
 /// A running router: both listeners bound and serving.
@@ -551,7 +601,8 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
     // Install the metrics recorder before anything can record.
     telemetry::metrics();
     let plugins = Plugins::load(config).map_err(StartError::Plugins)?;
-    let generation = Generation::build(config, &plugins, None, 1, origin)?;
+    let tokens = Tokens::load(config).map_err(StartError::Tokens)?;
+    let generation = Generation::build(config, &plugins, &tokens, None, 1, origin)?;
     telemetry::config_reloaded("initial", 1);
     let state = Arc::new(AppState::new(generation));
     let bind = |addr: SocketAddr| async move {
@@ -570,30 +621,25 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
 
     let shutdown = CancellationToken::new();
     let admin_shutdown = CancellationToken::new();
-    let serving = tokio::spawn({
-        let service = app(Arc::clone(&state)).into_make_service_with_connect_info::<SocketAddr>();
-        let shutdown = shutdown.clone();
-        async move {
-            if let Err(error) = axum::serve(listener, service)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(%error, "The broadcast listener failed.");
-            }
-        }
-    });
-    let admin = tokio::spawn({
-        let service = admin::app(Arc::clone(&state));
-        let shutdown = admin_shutdown.clone();
-        async move {
-            if let Err(error) = axum::serve(admin_listener, service)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-            {
-                tracing::error!(%error, "The admin listener failed.");
-            }
-        }
-    });
+    // Client limits belong to the sockets: a reload keeps the first ones.
+    let limits = ClientLimits {
+        max_headers: config.server.max_header_count,
+        max_header_bytes: usize::try_from(config.server.max_header_bytes.as_u64())
+            .unwrap_or(usize::MAX),
+        header_read_timeout: config.server.client_timeout,
+    };
+    let serving = tokio::spawn(listener::serve(
+        listener,
+        app(Arc::clone(&state)),
+        limits,
+        shutdown.clone(),
+    ));
+    let admin = tokio::spawn(listener::serve(
+        admin_listener,
+        admin::app(Arc::clone(&state)),
+        limits,
+        admin_shutdown.clone(),
+    ));
     tokio::spawn({
         let stop = admin_shutdown.clone();
         async move {
@@ -631,7 +677,10 @@ impl Running {
         let deadline = tokio::time::Instant::now() + grace;
         self.state.ready.store(false, Ordering::Relaxed);
         self.shutdown.cancel();
-        tracing::info!(?grace, "Draining: no new connections, finishing broadcasts.");
+        tracing::info!(
+            ?grace,
+            "Draining: no new connections, finishing broadcasts."
+        );
         let mut serving = self.serving;
         if tokio::time::timeout_at(deadline, &mut serving)
             .await

@@ -93,7 +93,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         BROADCASTS,
-        "Broadcasts by route and outcome (ok, failed, no_targets, dns_error, refused, too_large, bad_request)."
+        "Broadcasts by route and outcome (ok, failed, or why it was refused: no_targets, dns_error, refused, too_large, bad_request, unauthorized, forbidden, rate_limited, busy, overloaded, too_many_targets, loop, client_timeout, plugin_error, none_selected)."
     );
     describe_gauge!(BROADCASTS_IN_FLIGHT, "Broadcasts currently running.");
     describe_histogram!(BROADCAST_TARGETS, "Pods per broadcast (fan-out width).");

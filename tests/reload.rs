@@ -105,9 +105,10 @@ impl Watched {
 
     /// Waits until the active configuration has `version`.
     async fn until_version(&self, version: u64) {
-        eventually(&format!("configuration version {version} is active"), || async {
-            (self.version().await == version).then_some(())
-        })
+        eventually(
+            &format!("configuration version {version} is active"),
+            || async { (self.version().await == version).then_some(()) },
+        )
         .await;
     }
 
@@ -203,7 +204,11 @@ async fn reload_under_load_answers_every_request_from_the_old_or_the_new_config(
     // 1. A ConfigMap update: the symlink swap is seen.
     configmap.publish(&route_over(&three));
     router.until_version(2).await;
-    eventually("broadcasts flow on version 2", total_after(pods.total() + 30)).await;
+    eventually(
+        "broadcasts flow on version 2",
+        total_after(pods.total() + 30),
+    )
+    .await;
 
     // 2. An invalid version is rejected; version 2 keeps serving.
     configmap.publish("[[routes]]\nname = \"invalidate\"\npath = 42\n");
@@ -216,19 +221,31 @@ async fn reload_under_load_answers_every_request_from_the_old_or_the_new_config(
     .await;
     assert_eq!(router.version().await, 2);
     assert!(router.ready().await, "readiness does not flap");
-    eventually("broadcasts flow after the rejection", total_after(pods.total() + 30)).await;
+    eventually(
+        "broadcasts flow after the rejection",
+        total_after(pods.total() + 30),
+    )
+    .await;
 
     // 3. Back to two pods, then a forced reload of the same files.
     configmap.publish(&route_over(&two));
     router.until_version(3).await;
     let config = router.config().await;
     assert!(config["last_reload_failure"].is_null(), "{config}");
-    eventually("broadcasts flow on version 3", total_after(pods.total() + 30)).await;
+    eventually(
+        "broadcasts flow on version 3",
+        total_after(pods.total() + 30),
+    )
+    .await;
     match router.reloader.reload(Trigger::Signal).await {
         Ok(Outcome::Reloaded(info)) => assert_eq!(info.version, 4),
         other => panic!("a forced reload reloads: {other:?}"),
     }
-    eventually("broadcasts flow on version 4", total_after(pods.total() + 30)).await;
+    eventually(
+        "broadcasts flow on version 4",
+        total_after(pods.total() + 30),
+    )
+    .await;
 
     stop.store(true, Ordering::Relaxed);
     let seen = client.await.unwrap();

@@ -7,7 +7,9 @@ use serde::de::IntoDeserializer;
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use super::{Config, Location, PluginConfig, Problem, Problems, RouteConfig, validate};
+use super::{
+    Config, Location, PluginConfig, Problem, Problems, RouteConfig, TokenSetConfig, validate,
+};
 
 /// Parses `text` section by section, then validates the result.
 pub(super) fn parse(text: &str) -> Result<Config, Problems> {
@@ -36,6 +38,20 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
                     config.dns = dns;
                 }
             }
+            "tokens" => match value.get_ref() {
+                DeValue::Table(sets) => {
+                    for (name, set) in sets.iter() {
+                        if let Some(mut parsed) = sink.deserialize::<TokenSetConfig>(set) {
+                            parsed.location = sink.location(name.span().start);
+                            config.tokens.insert(name.get_ref().to_string(), parsed);
+                        }
+                    }
+                }
+                _ => sink.push(
+                    value.span(),
+                    "`tokens` must be a table of tables, written as [tokens.NAME] sections",
+                ),
+            },
             "plugins" => match value.get_ref() {
                 DeValue::Table(plugins) => {
                     for (name, plugin) in plugins.iter() {
@@ -71,7 +87,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
             other => sink.push(
                 key.span(),
                 format!(
-                    "unknown top-level key `{other}`; expected `server`, `dns`, `plugins` or `routes`"
+                    "unknown top-level key `{other}`; expected `server`, `dns`, `tokens`, `plugins` or `routes`"
                 ),
             ),
         }

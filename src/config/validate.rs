@@ -33,6 +33,42 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
             "`max_body_bytes` must be larger than 0",
         );
     }
+    let server = &config.server;
+    if server.max_header_count == 0 {
+        sink.push(
+            spans.section("server", "max_header_count"),
+            "`max_header_count` must be at least 1",
+        );
+    }
+    if server.client_timeout.is_zero() {
+        sink.push(
+            spans.section("server", "client_timeout"),
+            "`client_timeout` must be larger than 0",
+        );
+    }
+    if server.max_in_flight_deliveries == 0 {
+        sink.push(
+            spans.section("server", "max_in_flight_deliveries"),
+            "`max_in_flight_deliveries` must be at least 1",
+        );
+    }
+    for name in &server.admin_auth {
+        if !config.tokens.contains_key(name) {
+            sink.push(
+                spans.section("server", "admin_auth"),
+                unknown_token_set(name, config),
+            );
+        }
+    }
+    for (name, set) in &config.tokens {
+        if set.file.is_some() == set.env.is_some() {
+            sink.push(
+                spans.section("tokens", name),
+                format!("token set \"{name}\": give exactly one of `file` or `env`"),
+            );
+        }
+    }
+
     let dns = &config.dns;
     if dns.min_ttl > dns.max_ttl {
         sink.push(
@@ -99,7 +135,20 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
         check.limits();
         check.delivery();
         check.plugins(&config.plugins);
+        check.admission(config);
     }
+}
+
+fn unknown_token_set(name: &str, config: &Config) -> String {
+    let known: Vec<&str> = config.tokens.keys().map(String::as_str).collect();
+    format!(
+        "no token set named `{name}`; define it in a [tokens.{name}] table (defined: {})",
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    )
 }
 
 /// Paths registered so far, with the methods each accepts.
@@ -451,6 +500,46 @@ impl RouteCheck<'_, '_, '_> {
                     ),
                 );
             }
+        }
+    }
+
+    /// Authentication and the limits on how much a client may ask for.
+    fn admission(&mut self, config: &Config) {
+        let route = self.route;
+        for name in &route.auth {
+            if !config.tokens.contains_key(name) {
+                self.problem("auth", unknown_token_set(name, config));
+            }
+        }
+        if let Some(limit) = route.rate_limit
+            && (!limit.per_second.is_finite() || limit.per_second <= 0.0 || limit.burst == 0)
+        {
+            self.problem(
+                "rate_limit",
+                "`rate_limit` needs `per_second` above 0 and `burst` of at least 1",
+            );
+        }
+        if route.max_concurrent == Some(0) {
+            self.problem("max_concurrent", "`max_concurrent` must be at least 1");
+        }
+        if route.max_targets == 0 {
+            self.problem("max_targets", "`max_targets` must be at least 1");
+        }
+        if let Some(Ok(targets)) = route.targets.as_ref().map(|targets| {
+            targets
+                .iter()
+                .map(|target| parse_static_target(target, route.port))
+                .collect::<Result<Vec<_>, _>>()
+        }) && targets.len() > route.max_targets
+        {
+            self.problem(
+                "targets",
+                format!(
+                    "{} static targets are more than `max_targets` ({})",
+                    targets.len(),
+                    route.max_targets
+                ),
+            );
         }
     }
 

@@ -13,6 +13,9 @@ pub const BROADCAST_TARGETS: HeaderName = HeaderName::from_static("x-broadcast-t
 pub const BROADCAST_SUCCEEDED: HeaderName = HeaderName::from_static("x-broadcast-succeeded");
 
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The pseudonym the router adds to `Via` on every forwarded request, and
+/// refuses to see on an incoming one.
+const VIA_PSEUDONYM: &str = "broadcast-router";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -96,7 +99,27 @@ pub fn forwarded(incoming: &HeaderMap, client: IpAddr, broadcast_id: &str) -> He
         BROADCAST_ID,
         HeaderValue::from_str(broadcast_id).expect("broadcast ids are validated"),
     );
+    headers.append(
+        header::VIA,
+        HeaderValue::from_static("1.1 broadcast-router"),
+    );
     headers
+}
+
+/// Whether a request already passed through a broadcast router: its `Via`
+/// names the router's pseudonym. Such a request is refused, so a route
+/// that (by mistake) targets the router's own pods cannot loop.
+pub fn has_looped(incoming: &HeaderMap) -> bool {
+    incoming
+        .get_all(header::VIA)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|hop| {
+            hop.split_whitespace()
+                .nth(1)
+                .is_some_and(|pseudonym| pseudonym.eq_ignore_ascii_case(VIA_PSEUDONYM))
+        })
 }
 
 /// A `traceparent` for the router's hop: the client's trace id and flags

@@ -5,22 +5,46 @@
 use std::sync::Arc;
 
 use axum::Json;
+use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::AppState;
+use super::{ApiError, AppState};
 use crate::telemetry;
 
 /// The admin endpoints as an axum router.
+/// `/healthz` and `/readyz` are always open; `/metrics` and `/admin/*`
+/// need a token when `[server] admin_auth` names token sets.
 pub fn app(state: Arc<AppState>) -> axum::Router {
+    let protected = axum::Router::new()
+        .route("/metrics", get(metrics))
+        .route("/admin/config", get(config))
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state),
+            require_token,
+        ));
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/admin/config", get(config))
+        .merge(protected)
         .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.admin_guard().check(request.headers()) {
+        Ok(()) => next.run(request).await,
+        Err(denied) => {
+            tracing::info!(path = %request.uri().path(), %denied, "Admin request refused.");
+            ApiError::Denied(denied).into_response()
+        }
+    }
 }
 
 /// 200 while the configuration is loaded and broadcasts are accepted; 503

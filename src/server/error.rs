@@ -2,13 +2,15 @@
 //! configuration) with a clear message; details stay in the log.
 
 use axum::Json;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::Denied;
 use crate::broadcast::StartError;
 use crate::discovery::DiscoveryError;
 use crate::fanout::headers::BROADCAST_ID;
+use crate::limit::Refused;
 use crate::plugin::PluginFailure;
 use crate::route::{ServiceRefused, UnsafePath};
 
@@ -55,6 +57,25 @@ pub enum ApiError {
     /// No route has this path.
     #[error("no broadcast route matches this path")]
     NoRoute,
+    /// The request already went through a broadcast router: broadcasting
+    /// it again could loop forever.
+    #[error(
+        "the request already passed through a broadcast router (Via: broadcast-router); refusing to broadcast it again"
+    )]
+    Loop,
+    /// The bearer token is missing, unknown (401) or not for this route
+    /// (403).
+    #[error(transparent)]
+    Denied(#[from] Denied),
+    /// A rate, concurrency or delivery limit was hit (429).
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// Discovery found more pods than the route's `max_targets`.
+    #[error("{0}")]
+    TooManyTargets(String),
+    /// The client took longer than `client_timeout` to send the body.
+    #[error("the request body did not arrive within {0:?}")]
+    ClientTimeout(std::time::Duration),
 }
 
 impl ApiError {
@@ -64,7 +85,14 @@ impl ApiError {
             ApiError::BadBroadcastId | ApiError::BodyRead(_) | ApiError::UnsafePath(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::ServiceRefused(_) => StatusCode::FORBIDDEN,
+            ApiError::ServiceRefused(_) | ApiError::Denied(Denied::NotAllowed) => {
+                StatusCode::FORBIDDEN
+            }
+            ApiError::Denied(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Loop => StatusCode::LOOP_DETECTED,
+            ApiError::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyTargets(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -81,6 +109,14 @@ impl ApiError {
                 "bad_request"
             }
             ApiError::ServiceRefused(_) => "refused",
+            ApiError::Denied(Denied::NotAllowed) => "forbidden",
+            ApiError::Denied(_) => "unauthorized",
+            ApiError::Loop => "loop",
+            ApiError::Refused(Refused::RateLimited { .. }) => "rate_limited",
+            ApiError::Refused(Refused::Busy { .. }) => "busy",
+            ApiError::Refused(Refused::Overloaded { .. }) => "overloaded",
+            ApiError::TooManyTargets(_) => "too_many_targets",
+            ApiError::ClientTimeout(_) => "client_timeout",
             ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => "too_large",
             ApiError::Discovery(DiscoveryError::NoPods { .. }) => "no_targets",
             ApiError::Discovery(DiscoveryError::Dns { .. }) => "dns_error",
@@ -104,7 +140,11 @@ impl ApiError {
         if matches!(self, ApiError::Discovery(_) | ApiError::NoneSelected(_)) {
             body["targets"] = 0.into();
         }
+        let extra = self.extra_header();
         let mut response = (status, Json(body)).into_response();
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
+        }
         if let Some(value) = id.and_then(|id| HeaderValue::from_str(id).ok()) {
             response.headers_mut().insert(BROADCAST_ID, value);
         }
@@ -112,14 +152,36 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// `WWW-Authenticate` for 401, `Retry-After` (whole seconds, at least
+    /// 1) for 429.
+    fn extra_header(&self) -> Option<(HeaderName, HeaderValue)> {
+        match self {
+            ApiError::Denied(Denied::Missing | Denied::Invalid) => {
+                Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
+            }
+            ApiError::Refused(refused) => {
+                let seconds = refused.retry_after().as_secs_f64().ceil().max(1.0) as u64;
+                Some((header::RETRY_AFTER, seconds.into()))
+            }
+            _ => None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        (
+        let extra = self.extra_header();
+        let mut response = (
             status,
             Json(json!({ "ok": false, "error": self.to_string() })),
         )
-            .into_response()
+            .into_response();
+        if let Some((name, value)) = extra {
+            response.headers_mut().insert(name, value);
+        }
+        response
     }
 }
 
@@ -132,6 +194,8 @@ impl From<StartError> for ApiError {
                 ApiError::DatagramTooLarge { size, limit }
             }
             StartError::NoneSelected { .. } => ApiError::NoneSelected(error.to_string()),
+            StartError::TooManyTargets { .. } => ApiError::TooManyTargets(error.to_string()),
+            StartError::Refused(refused) => ApiError::Refused(refused),
         }
     }
 }
