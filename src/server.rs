@@ -410,9 +410,14 @@ async fn handle(
         Ok(path) => path,
         Err(unsafe_path) => return reject(&route, Some(&id), unsafe_path.into()),
     };
+    let mut forwarded = headers::forwarded(&parts.headers, peer.ip(), &id);
+    if route.auth.is_required() {
+        // The token was for the router; pods never see it.
+        forwarded.remove(header::AUTHORIZATION);
+    }
     let request = PodRequest {
         path_and_query,
-        headers: headers::forwarded(&parts.headers, peer.ip(), &id),
+        headers: forwarded,
         method: parts.method,
         body,
     };

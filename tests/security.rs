@@ -96,6 +96,15 @@ async fn tokens_missing_wrong_foreign_and_rotated() {
         "both tokens of a set work during a rotation"
     );
     assert_eq!(pods.total(), 4);
+    for pod in &pods.pods {
+        for received in pod.received() {
+            assert_eq!(
+                received.header("authorization"),
+                None,
+                "the router's token is not passed on to pods"
+            );
+        }
+    }
     for refused in [&missing, &wrong, &foreign] {
         let text = refused.json.to_string();
         assert!(
