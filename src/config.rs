@@ -176,6 +176,29 @@ pub struct ServerConfig {
     /// Relative paths start at the configuration file's directory, as for
     /// plugins.
     pub plugin_cache_dir: Option<PathBuf>,
+    /// `[server.tls]`: serve the broadcast listener over TLS (the admin
+    /// listener stays plain HTTP, for kubelet probes). Absent: plain HTTP.
+    pub tls: Option<ServerTlsConfig>,
+}
+
+/// The `[server.tls]` table: the broadcast listener's certificate and,
+/// optionally, the CA its clients' certificates must be signed by (mTLS).
+/// The files are read at start and at every reload (so a renewed
+/// certificate is used for new connections); relative paths start at the
+/// configuration file's directory. Turning TLS on or off needs a restart.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM file with the certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM bundle of CA certificates. When set, a client must present a
+    /// certificate signed by one of them, or the handshake is refused.
+    pub client_ca: Option<PathBuf>,
+    /// Where the table is in the file (set while loading).
+    #[serde(skip)]
+    pub location: Location,
 }
 
 impl Default for ServerConfig {
@@ -191,6 +214,7 @@ impl Default for ServerConfig {
             max_in_flight_deliveries: 10_000,
             admin_auth: Vec::new(),
             plugin_cache_dir: None,
+            tls: None,
         }
     }
 }
@@ -327,6 +351,35 @@ pub struct RouteConfig {
     /// broadcast is refused (503) rather than cut short.
     #[serde(default = "default_max_targets")]
     pub max_targets: usize,
+    /// `http` or `https`: how HTTP routes reach their pods.
+    #[serde(default)]
+    pub scheme: Scheme,
+    /// PEM bundle of the CAs pod certificates must be signed by (with
+    /// `scheme = "https"`); default the system bundle
+    /// `/etc/ssl/certs/ca-certificates.crt`. Relative paths start at the
+    /// configuration file's directory; read at start and at every reload.
+    pub ca_file: Option<PathBuf>,
+    /// The name pod certificates are verified against (and sent as SNI),
+    /// with `scheme = "https"`. Default: the route's `service` (pods are
+    /// reached by IP, but a Service's replicas usually share a certificate
+    /// naming it); for static targets and templated services, each pod's
+    /// IP address.
+    pub server_name: Option<String>,
+    /// Where the route's `ca_file` (or else the route) is in the file, for
+    /// problems found reading it (set while loading).
+    #[serde(skip)]
+    pub location: Location,
+}
+
+/// How an HTTP route's pods are reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheme {
+    /// Plain HTTP.
+    #[default]
+    Http,
+    /// HTTPS, verifying each pod's certificate.
+    Https,
 }
 
 /// How a route delivers to its pods.
@@ -464,6 +517,20 @@ impl Config {
         }
         if let Some(cache_dir) = self.server.plugin_cache_dir.as_mut() {
             resolve(cache_dir);
+        }
+        if let Some(tls) = self.server.tls.as_mut() {
+            resolve(&mut tls.cert);
+            resolve(&mut tls.key);
+            if let Some(client_ca) = tls.client_ca.as_mut() {
+                resolve(client_ca);
+            }
+        }
+        for ca_file in self
+            .routes
+            .iter_mut()
+            .filter_map(|route| route.ca_file.as_mut())
+        {
+            resolve(ca_file);
         }
     }
 

@@ -15,7 +15,6 @@
 pub mod headers;
 pub mod udp;
 
-use std::error::Error as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,6 +43,8 @@ pub struct Limits {
     pub deadline: Duration,
     /// How much of each pod's body is kept for the answer.
     pub max_pod_body_bytes: usize,
+    /// The HTTPS client of a `scheme = "https"` route; `None`: plain HTTP.
+    pub tls: Option<crate::tls::PodTls>,
 }
 
 /// What every pod of one broadcast receives (before per-pod addressing).
@@ -272,14 +273,18 @@ impl Fanout {
 
     async fn attempt(&self, request: &PodRequest, url: &str, limits: &Limits) -> Attempt {
         let exchange = async {
-            let response = self
+            let pod_request = self
                 .client
                 .request(request.method.clone(), url)
                 .headers(request.headers.clone())
-                .body(request.body.clone())
-                .send()
-                .await
-                .map_err(|error| classify(&error))?;
+                .body(request.body.clone());
+            let response = match &limits.tls {
+                None => pod_request.send().await.map_err(|error| classify(&error))?,
+                Some(tls) => {
+                    let pod_request = pod_request.build().map_err(|error| classify(&error))?;
+                    tls.execute(pod_request).await?
+                }
+            };
             let status = response.status();
             let headers = response.headers().clone();
             let body = read_capped(response, limits.max_pod_body_bytes).await;
@@ -395,10 +400,20 @@ async fn read_capped(
 /// Sorts a client error into the fixed set of kinds, keeping the innermost
 /// cause as the detail (e.g. "Connection refused (os error 111)").
 fn classify(error: &reqwest::Error) -> DeliveryError {
+    classify_chain(error, error.is_connect(), error.is_timeout())
+}
+
+/// [`classify`] for any client's error, given whether it happened while
+/// connecting or timed out.
+pub(crate) fn classify_chain(
+    error: &(dyn std::error::Error + 'static),
+    connect: bool,
+    timeout: bool,
+) -> DeliveryError {
     let mut detail = error.to_string();
-    let mut kind = if error.is_connect() {
+    let mut kind = if connect {
         ErrorKind::Connect
-    } else if error.is_timeout() {
+    } else if timeout {
         ErrorKind::Timeout
     } else {
         ErrorKind::Protocol

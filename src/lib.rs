@@ -19,7 +19,8 @@
 //!    report the client receives.
 //!
 //! [`reload`] swaps in a changed configuration file or plugin without a
-//! restart. [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
+//! restart. [`tls`] serves the listener over TLS (optionally mTLS) and
+//! reaches `scheme = "https"` pods. [`telemetry`] holds logging and metrics; [`demo`] runs a self-contained
 //! demo on loopback addresses.
 //!
 //! [`receiver`] runs on pods: it hands each UDP broadcast ([`frame`]) on once.
@@ -42,3 +43,4 @@ pub mod reload;
 pub mod route;
 pub mod server;
 pub mod telemetry;
+pub mod tls;

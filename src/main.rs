@@ -219,6 +219,9 @@ fn check(arg: &ConfigArg) -> ExitCode {
         if let Err(found) = Tokens::load(&config) {
             problems.extend(found.0);
         }
+        if let Err(found) = broadcast_router::tls::TlsFiles::load(&config) {
+            problems.extend(found.0);
+        }
         if problems.is_empty() {
             Ok(config)
         } else {

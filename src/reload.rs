@@ -8,8 +8,8 @@
 //! old one; the files themselves are never written, so a watch on a file
 //! misses the change. Every event in a watched directory leads, after a
 //! short quiet period, to a re-read: the configuration and plugin files are
-//! hashed, and the router reloads only when the digest differs from the
-//! active one. SIGHUP reloads unconditionally.
+//! hashed (with token and TLS files), and the router reloads only when the
+//! digest differs from the active one. SIGHUP reloads unconditionally.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -59,7 +59,9 @@ impl Snapshot {
             .tokens
             .iter()
             .filter_map(|(name, set)| Some((name, set.file.as_ref()?)));
-        for (name, file) in plugins.chain(token_files) {
+        let tls_files = crate::tls::files(&config);
+        let tls_files = tls_files.iter().map(|(name, file)| (name, file));
+        for (name, file) in plugins.chain(token_files).chain(tls_files) {
             digest.update(name.as_bytes());
             match std::fs::read(file) {
                 Ok(bytes) => {
@@ -84,8 +86,9 @@ impl Snapshot {
     }
 
     /// The directories to watch: the configuration file's and every
-    /// plugin and token file's.
+    /// plugin, token and TLS file's.
     fn directories(&self, path: &Path) -> BTreeSet<PathBuf> {
+        let tls_files = crate::tls::files(&self.config);
         std::iter::once(path)
             .chain(
                 self.config
@@ -99,6 +102,7 @@ impl Snapshot {
                     .values()
                     .filter_map(|set| set.file.as_deref()),
             )
+            .chain(tls_files.iter().map(|(_, file)| file.as_path()))
             .map(directory_of)
             .collect()
     }

@@ -128,6 +128,7 @@ impl Route {
                 deadline: config.deadline,
                 max_pod_body_bytes: usize::try_from(config.max_pod_body_bytes.as_u64())
                     .unwrap_or(usize::MAX),
+                tls: None,
             },
             protocol: config.protocol,
             udp: {

@@ -44,6 +44,7 @@ use crate::limit::Admitted;
 use crate::plugin::Plugins;
 use crate::route::Route;
 use crate::telemetry;
+use crate::tls::TlsFiles;
 use listener::ClientLimits;
 
 /// What the listeners share: the active configuration generation, which a
@@ -74,6 +75,8 @@ pub struct Generation {
     shutdown_grace: Duration,
     listen: (SocketAddr, SocketAddr),
     admin_auth: Guard,
+    /// The broadcast listener's TLS settings (`[server.tls]`).
+    listener_tls: Option<Arc<rustls::ServerConfig>>,
     info: ConfigInfo,
 }
 
@@ -123,6 +126,7 @@ impl Generation {
         config: &Config,
         plugins: &Plugins,
         tokens: &Tokens,
+        tls: &TlsFiles,
         previous: Option<&Broadcaster>,
         version: u64,
         origin: Origin,
@@ -143,6 +147,7 @@ impl Generation {
                 let mut compiled = Route::from_config(route);
                 compiled.plugins = plugins.chain(&route.name);
                 compiled.auth = tokens.guard(&route.auth);
+                compiled.limits.tls = tls.routes.get(&route.name).cloned();
                 Arc::new(compiled)
             })
             .collect();
@@ -167,6 +172,7 @@ impl Generation {
             shutdown_grace: config.server.shutdown_grace,
             listen: (config.server.listen, config.server.admin_listen),
             admin_auth: tokens.guard(&config.server.admin_auth),
+            listener_tls: tls.listener.clone(),
             info,
         })
     }
@@ -227,6 +233,7 @@ impl AppState {
             Ok(generation) => {
                 let info = generation.info.clone();
                 let listen = generation.listen;
+                let with_tls = generation.listener_tls.is_some();
                 let generation = Arc::new(generation);
                 let next = Active {
                     router: routes(&generation),
@@ -238,6 +245,11 @@ impl AppState {
                 if previous.generation.listen != listen {
                     tracing::warn!(
                         "The listen addresses changed; they take effect at the next restart."
+                    );
+                }
+                if previous.generation.listener_tls.is_some() != with_tls {
+                    tracing::warn!(
+                        "[server.tls] was added or removed; the listener keeps its protocol until the next restart."
                     );
                 }
                 telemetry::config_reloaded("ok", info.version);
@@ -269,21 +281,24 @@ impl AppState {
 
     async fn build_next(&self, config: Config, origin: Origin) -> Result<Generation, ReloadError> {
         // Compiling plugins is CPU work: keep it off the request workers.
-        let (config, plugins, tokens) = tokio::task::spawn_blocking(move || {
+        let (config, plugins, tokens, tls) = tokio::task::spawn_blocking(move || {
             let plugins = Plugins::load(&config);
             let tokens = Tokens::load(&config);
-            (config, plugins, tokens)
+            let tls = TlsFiles::load(&config);
+            (config, plugins, tokens, tls)
         })
         .await
         .map_err(|error| ReloadError::Panicked(error.to_string()))?;
         let plugins = plugins.map_err(ReloadError::Plugins)?;
         let tokens = tokens.map_err(ReloadError::Tokens)?;
+        let tls = tls.map_err(ReloadError::Tls)?;
         let previous = self.active().generation;
         let version = self.next_version.fetch_add(1, Ordering::Relaxed);
         Ok(Generation::build(
             &config,
             &plugins,
             &tokens,
+            &tls,
             Some(&previous.broadcaster),
             version,
             origin,
@@ -304,6 +319,9 @@ pub enum ReloadError {
     /// A token set could not be read.
     #[error("tokens: {0}")]
     Tokens(Problems),
+    /// A certificate, key or CA file could not be used.
+    #[error("tls: {0}")]
+    Tls(Problems),
     /// The DNS resolver or HTTP client could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
@@ -581,6 +599,9 @@ pub enum StartError {
     /// A token set could not be read.
     #[error("tokens: {0}")]
     Tokens(Problems),
+    /// A certificate, key or CA file could not be used.
+    #[error("tls: {0}")]
+    Tls(Problems),
 }
 
 /// A running router: both listeners bound and serving.
@@ -607,7 +628,8 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
     telemetry::metrics();
     let plugins = Plugins::load(config).map_err(StartError::Plugins)?;
     let tokens = Tokens::load(config).map_err(StartError::Tokens)?;
-    let generation = Generation::build(config, &plugins, &tokens, None, 1, origin)?;
+    let tls = TlsFiles::load(config).map_err(StartError::Tls)?;
+    let generation = Generation::build(config, &plugins, &tokens, &tls, None, 1, origin)?;
     telemetry::config_reloaded("initial", 1);
     let state = Arc::new(AppState::new(generation));
     let bind = |addr: SocketAddr| async move {
@@ -633,16 +655,32 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
             .unwrap_or(usize::MAX),
         header_read_timeout: config.server.client_timeout,
     };
+    // Whether the listener speaks TLS is fixed here; its certificate is
+    // the active configuration's, so a reload can rotate it.
+    let current_tls = tls.listener.map(|initial| {
+        let state = Arc::clone(&state);
+        Arc::new(move || {
+            state
+                .active()
+                .generation
+                .listener_tls
+                .clone()
+                .unwrap_or_else(|| Arc::clone(&initial))
+        }) as listener::CurrentTls
+    });
     let serving = tokio::spawn(listener::serve(
         listener,
         app(Arc::clone(&state)),
         limits,
+        current_tls,
         shutdown.clone(),
     ));
+    // The admin listener stays plain HTTP: kubelet probes speak HTTP.
     let admin = tokio::spawn(listener::serve(
         admin_listener,
         admin::app(Arc::clone(&state)),
         limits,
+        None,
         admin_shutdown.clone(),
     ));
     tokio::spawn({

@@ -29,7 +29,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
     for (key, value) in document.get_ref().iter() {
         match key.get_ref().as_ref() {
             "server" => {
-                if let Some(server) = sink.deserialize(value) {
+                if let Some(mut server) = sink.deserialize::<super::ServerConfig>(value) {
+                    if let Some(tls) = server.tls.as_mut() {
+                        let span = field(value, "tls").unwrap_or_else(|| value.span());
+                        tls.location = sink.location(span.start);
+                    }
                     config.server = server;
                 }
             }
@@ -70,6 +74,8 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
                 DeValue::Array(routes) => {
                     for (position, route) in routes.iter().enumerate() {
                         if let Some(mut parsed) = sink.deserialize::<RouteConfig>(route) {
+                            let span = field(route, "ca_file").unwrap_or_else(|| route.span());
+                            parsed.location = sink.location(span.start);
                             for (item, plugin) in parsed.plugins.iter_mut().enumerate() {
                                 let span = route_item_span(route, "plugins", item);
                                 plugin.location = sink.location(span.start);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::http::Method;
 
 use super::load::{Sink, Spans};
-use super::{Config, Mode, Protocol, RouteConfig};
+use super::{Config, Mode, Protocol, RouteConfig, Scheme};
 
 /// Largest datagram that crosses a 1500-byte MTU unfragmented (IPv4).
 const SAFE_DATAGRAM: u64 = 1472;
@@ -136,6 +136,7 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
         check.delivery();
         check.plugins(&config.plugins);
         check.admission(config);
+        check.scheme();
     }
 }
 
@@ -540,6 +541,48 @@ impl RouteCheck<'_, '_, '_> {
                     route.max_targets
                 ),
             );
+        }
+    }
+
+    /// `scheme`, `ca_file` and `server_name` (the files are read later).
+    fn scheme(&mut self) {
+        let route = self.route;
+        if route.scheme == Scheme::Https {
+            if route.protocol == Protocol::Udp {
+                self.problem(
+                    "scheme",
+                    "`scheme = \"https\"` applies to HTTP routes; datagrams are not encrypted",
+                );
+            }
+        } else {
+            for (key, set) in [
+                ("ca_file", route.ca_file.is_some()),
+                ("server_name", route.server_name.is_some()),
+            ] {
+                if set {
+                    self.problem(
+                        key,
+                        format!(
+                            "`{key}` applies to pods reached over TLS; set `scheme = \"https\"`"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(name) = &route.server_name
+            && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            self.problem(
+                "server_name",
+                format!("`server_name` `{name}` is not a DNS name or IP address"),
+            );
+        }
+        if route
+            .ca_file
+            .as_ref()
+            .is_some_and(|file| file.as_os_str().is_empty())
+        {
+            self.problem("ca_file", "`ca_file` must name a PEM file");
         }
     }
 

@@ -2,9 +2,15 @@
 //! hyper within the client limits of `[server]` (header count and size,
 //! time to send the headers), each request tagged with the client's
 //! address, and a graceful stop that lets requests already received finish.
+//!
+//! With TLS, each connection's handshake comes first, bounded by the same
+//! time a client has to send its headers (a client that stalls mid-handshake
+//! is cut off); with a client CA, a client without a certificate signed by
+//! it is refused during the handshake, before any request is read.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -28,12 +34,18 @@ pub struct ClientLimits {
     pub header_read_timeout: Duration,
 }
 
+/// The TLS settings for the next connection (the active configuration's
+/// certificate, so a reload can rotate it).
+pub type CurrentTls = Arc<dyn Fn() -> Arc<rustls::ServerConfig> + Send + Sync>;
+
 /// Serves `app` on `listener` until `shutdown`, then stops accepting and
-/// waits for the connections' requests in progress to be answered.
+/// waits for the connections' requests in progress to be answered. With
+/// `tls`, every connection starts with a TLS handshake.
 pub async fn serve(
     listener: TcpListener,
     app: axum::Router,
     limits: ClientLimits,
+    tls: Option<CurrentTls>,
     shutdown: CancellationToken,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -68,15 +80,44 @@ pub async fn serve(
                 Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
             }
         });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let Some(tls) = &tls else {
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(finish(connection, peer));
+            continue;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls());
+        let (http, watcher) = (http.clone(), graceful.watcher());
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%peer, %error, "Client connection ended with an error.");
-            }
+            let stream =
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "TLS handshake refused.");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not finished in time.");
+                        return;
+                    }
+                };
+            let connection = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+            finish(connection, peer).await;
         });
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// Waits for a client connection to end, logging why when it broke.
+async fn finish<C, E>(connection: C, peer: SocketAddr)
+where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if let Err(error) = connection.await {
+        tracing::debug!(%peer, %error, "Client connection ended with an error.");
+    }
 }
 
 /// The client's address, as [`serve`] attaches it to every request.
