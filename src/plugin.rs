@@ -319,6 +319,9 @@ impl PluginHost {
     }
 }
 
+/// Wall time a plugin's start-up and `init` may take when it is loaded.
+const LOAD_BUDGET: Duration = Duration::from_secs(2);
+
 impl LoadedPlugin {
     /// A fresh instance in a fresh store with this plugin's limits.
     fn instantiate(
@@ -326,20 +329,34 @@ impl LoadedPlugin {
         route: &str,
         broadcast_id: &str,
     ) -> wasmtime::Result<(Store<HostState>, bindings::Plugin)> {
+        self.instantiate_within(route, broadcast_id, self.hook_timeout)
+    }
+
+    /// A fresh instance whose start-up may take `budget` of wall time.
+    fn instantiate_within(
+        &self,
+        route: &str,
+        broadcast_id: &str,
+        budget: Duration,
+    ) -> wasmtime::Result<(Store<HostState>, bindings::Plugin)> {
         let state = HostState::new(self, route, broadcast_id);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(ticks(self.hook_timeout));
+        store.set_epoch_deadline(ticks(budget));
         let instance = self.pre.instantiate(&mut store)?;
         Ok((store, instance))
     }
 
-    /// Runs `init` with `config` on a throwaway instance.
+    /// Runs `init` with `config` on a throwaway instance. Loading is not
+    /// on any request's path, so it gets [`LOAD_BUDGET`] of wall time
+    /// rather than `hook_timeout`: a busy machine must not reject a
+    /// well-behaved plugin, while one that never returns is still stopped.
     fn check_init(&self, config: &str) -> Result<(), String> {
+        let budget = LOAD_BUDGET.max(self.hook_timeout);
         let (mut store, instance) = self
-            .instantiate("check", "-")
+            .instantiate_within("check", "-", budget)
             .map_err(|error| format!("cannot be instantiated: {error:#}"))?;
-        store.set_epoch_deadline(ticks(self.hook_timeout));
+        store.set_epoch_deadline(ticks(budget));
         match instance.call_init(&mut store, config) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(format!("rejected its config: {message}")),
