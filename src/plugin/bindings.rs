@@ -84,6 +84,36 @@ pub fn outcome(target_record: &discovery::Target, delivery: &Delivery) -> Outcom
     }
 }
 
+/// Headers the router owns, which a patch may neither set nor remove: the
+/// framing and connection headers it computes for each pod (a plugin's
+/// `content-length` would cut or stall the body, its `host` would send a
+/// proxy elsewhere), the broadcast id receivers drop duplicates by, and the
+/// `Via` marker loop protection relies on.
+pub const ROUTER_OWNED_HEADERS: [&str; 12] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "expect",
+    "x-broadcast-id",
+    "via",
+];
+
+fn router_owned(name: &HeaderName) -> Result<(), String> {
+    if ROUTER_OWNED_HEADERS.contains(&name.as_str()) {
+        Err(format!(
+            "header {name} is set by the router; a plugin may not set or remove it"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
 /// Applies a plugin's patch to one pod's copy of the request; a patch that
 /// would produce an invalid HTTP message is refused with the reason.
 pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRequest>, String> {
@@ -98,11 +128,13 @@ pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRe
     for name in &patch.remove_headers {
         let name = HeaderName::from_bytes(name.as_bytes())
             .map_err(|_| format!("cannot remove header {name:?}: not a valid header name"))?;
+        router_owned(&name)?;
         headers.remove(name);
     }
     for header in &patch.set_headers {
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| format!("header name {:?} is not valid", header.name))?;
+        router_owned(&name)?;
         let value = HeaderValue::from_str(&header.value)
             .map_err(|_| format!("the value of header {name} is not valid"))?;
         headers.insert(name, value);
