@@ -10,7 +10,8 @@
 //! always gets exactly one outcome.
 //!
 //! The request body is shared by all pods ([`Bytes`] is reference-counted),
-//! never copied per pod.
+//! never copied per pod, and so is the parsed URL: pods that share one
+//! request get its URL with only the address changed.
 
 pub mod headers;
 pub mod udp;
@@ -183,16 +184,18 @@ impl Fanout {
     ) -> impl futures_util::Stream<Item = (usize, Delivery)> + 'a {
         let slots = Arc::new(Semaphore::new(limits.concurrency.max(1)));
         let deadline = started + limits.deadline;
+        let mut urls = PodUrls::default();
         targets
             .iter()
             .zip(requests)
             .enumerate()
-            .map(|(position, (target, request))| {
+            .map(move |(position, (target, request))| {
                 let slots = slots.clone();
+                let url = urls.url(request, target);
                 let span = tracing::debug_span!("delivery", target = %target);
                 async move {
                     let delivery = self
-                        .deliver(request, target, limits, &slots, started, deadline)
+                        .deliver(request, url, limits, &slots, started, deadline)
                         .await;
                     tracing::debug!(
                         outcome = delivery.outcome(),
@@ -209,13 +212,12 @@ impl Fanout {
     async fn deliver(
         &self,
         request: &PodRequest,
-        target: &Target,
+        url: Result<reqwest::Url, String>,
         limits: &Limits,
         slots: &Semaphore,
         started: Instant,
         deadline: Instant,
     ) -> Delivery {
-        let url = format!("http://{}{}", target.addr, request.path_and_query);
         let mut attempts = 0;
         let mut last: Option<Attempt> = None;
         loop {
@@ -271,22 +273,32 @@ impl Fanout {
         }
     }
 
-    async fn attempt(&self, request: &PodRequest, url: &str, limits: &Limits) -> Attempt {
+    async fn attempt(
+        &self,
+        request: &PodRequest,
+        url: &Result<reqwest::Url, String>,
+        limits: &Limits,
+    ) -> Attempt {
+        let url = match url {
+            Ok(url) => url.clone(),
+            Err(detail) => return Attempt::failed(ErrorKind::Protocol, detail.clone()),
+        };
         let exchange = async {
-            let pod_request = self
-                .client
-                .request(request.method.clone(), url)
-                .headers(request.headers.clone())
-                .body(request.body.clone());
-            let response = match &limits.tls {
-                None => pod_request.send().await.map_err(|error| classify(&error))?,
-                Some(tls) => {
-                    let pod_request = pod_request.build().map_err(|error| classify(&error))?;
-                    tls.execute(pod_request).await?
-                }
+            // Built directly rather than through a `RequestBuilder`, which
+            // would re-insert every header one by one.
+            let mut pod_request = reqwest::Request::new(request.method.clone(), url);
+            *pod_request.headers_mut() = request.headers.clone();
+            *pod_request.body_mut() = Some(request.body.clone().into());
+            let mut response = match &limits.tls {
+                None => self
+                    .client
+                    .execute(pod_request)
+                    .await
+                    .map_err(|error| classify(&error))?,
+                Some(tls) => tls.execute(pod_request).await?,
             };
             let status = response.status();
-            let headers = response.headers().clone();
+            let headers = std::mem::take(response.headers_mut());
             let body = read_capped(response, limits.max_pod_body_bytes).await;
             Ok::<_, DeliveryError>((status, headers, body))
         };
@@ -320,6 +332,43 @@ impl Fanout {
                 body: Some(body),
             },
         }
+    }
+}
+
+/// Each pod's URL. Parsing a URL is a large part of a delivery's cost, so
+/// pods that share one request (no plugin transformed it) get the URL
+/// parsed for the first of them, with only the address replaced.
+#[derive(Default)]
+struct PodUrls<'a> {
+    last: Option<(&'a Arc<PodRequest>, reqwest::Url)>,
+}
+
+impl<'a> PodUrls<'a> {
+    /// `http://{target}{path_and_query}`, or why it is not a valid URL.
+    fn url(
+        &mut self,
+        request: &'a Arc<PodRequest>,
+        target: &Target,
+    ) -> Result<reqwest::Url, String> {
+        let template = match &self.last {
+            Some((shared, url)) if Arc::ptr_eq(shared, request) => url.clone(),
+            _ => {
+                let text = format!("http://0.0.0.0{}", request.path_and_query);
+                let url = reqwest::Url::parse(&text).map_err(|error| {
+                    format!(
+                        "invalid upstream path {:?}: {error}",
+                        request.path_and_query
+                    )
+                })?;
+                self.last = Some((request, url.clone()));
+                url
+            }
+        };
+        let mut url = template;
+        url.set_ip_host(target.addr.ip())
+            .and_then(|()| url.set_port(Some(target.addr.port())))
+            .map_err(|()| format!("cannot address {} over http", target.addr))?;
+        Ok(url)
     }
 }
 
@@ -447,6 +496,40 @@ pub(crate) fn classify_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_urls_match_parsing_each_url_whole() {
+        let request = |path: &str| {
+            Arc::new(PodRequest {
+                method: Method::POST,
+                path_and_query: path.to_owned(),
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+            })
+        };
+        let target = |addr: &str| Target {
+            addr: addr.parse().unwrap(),
+            service: None,
+            index: 0,
+        };
+        let shared = request("/cache/a%20b/../c?key=user:42&x=%2F");
+        let other = request("/other");
+        let mut urls = PodUrls::default();
+        for (request, addr) in [
+            (&shared, "127.0.0.2:8080"),
+            (&shared, "10.42.0.7:80"),
+            (&shared, "[fd00::5]:9000"),
+            (&other, "127.0.0.3:8080"),
+            (&shared, "127.0.0.4:1"),
+        ] {
+            let whole = format!("http://{addr}{}", request.path_and_query);
+            assert_eq!(
+                urls.url(request, &target(addr)).unwrap(),
+                reqwest::Url::parse(&whole).unwrap(),
+                "{whole}"
+            );
+        }
+    }
 
     #[test]
     fn backoff_grows_and_stays_jittered_within_bounds() {
