@@ -55,6 +55,10 @@ struct Cli {
     /// Where results are written.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
+    /// The router binary to measure (default: the one `cargo bench` built),
+    /// e.g. to compare two builds on the same machine.
+    #[arg(long)]
+    router: Option<PathBuf>,
     /// Pods live on 127.0.BLOCK.1 onwards (250 per /24).
     #[arg(long, default_value_t = 10)]
     pod_block: u8,
@@ -81,7 +85,9 @@ fn main() -> anyhow::Result<()> {
         warmup: cli.warmup,
         probe: cli.probe,
         concurrency: cli.concurrency,
-        router: PathBuf::from(env!("CARGO_BIN_EXE_broadcast-router")),
+        router: cli
+            .router
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_broadcast-router"))),
         repo: repo.clone(),
         pod_block: cli.pod_block,
         command: command_line(),

@@ -112,6 +112,11 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
         None
     };
     let work = tempfile::tempdir()?;
+    // Run a private copy: a rebuild of the shared target/ during the run
+    // must not change the router between scenarios.
+    let binary = work.path().join("broadcast-router");
+    std::fs::copy(&options.router, &binary)
+        .with_context(|| format!("cannot copy {}", options.router.display()))?;
     let ids = Arc::new(AtomicU64::new(1));
     let mut report = Report {
         started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -177,7 +182,7 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
                     ));
                     std::fs::create_dir_all(&dir)?;
                     let (router, router_probe, process) =
-                        through_router(options, &config, &dir, &load, &pods, &ids).await?;
+                        through_router(options, &binary, &config, &dir, &load, &pods, &ids).await?;
                     progress(&format!(
                         "{label} plugins={} router: {} ({:.0}% of baseline; {:.0} µs CPU/bcast, peak {} MiB)",
                         plugins.name(),
@@ -223,13 +228,14 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
 /// the one-client probe, then SIGTERM.
 async fn through_router(
     options: &Options,
+    binary: &Path,
     config: &str,
     dir: &Path,
     load: &Load,
     pods: &Pods,
     ids: &Arc<AtomicU64>,
 ) -> anyhow::Result<(Phase, Option<Phase>, Process)> {
-    let router = Router::start(&options.router, dir, config).await?;
+    let router = Router::start(binary, dir, config).await?;
     let target = Target::Router {
         addr: router.addr,
         path: "/bench".to_owned(),
@@ -251,11 +257,13 @@ async fn through_router(
             }
         }
     };
-    let (phase, elapsed) = tokio::select! {
+    let (mut phase, elapsed) = tokio::select! {
         measured = measure(&target, load, pods, ids) => measured,
         () = sample => unreachable!("sampling never ends"),
     };
     let cpu = router.cpu_time().saturating_sub(cpu_before);
+    phase.other_cpu_cores =
+        (phase.other_cpu_cores - cpu.as_secs_f64() / phase.window_s.max(1e-9)).max(0.0);
     let memory = router.memory();
     let probe_phase = probe(&target, load, options.probe, pods, ids).await;
     let delivery_failures = router
@@ -335,6 +343,8 @@ async fn measure(
 ) -> (Phase, Duration) {
     let before = pods.tallies();
     let total_before: u64 = before.iter().map(|tally| tally.count).sum();
+    let window = std::time::Instant::now();
+    let busy_before = router::busy_cpu_time();
     let cpu_before = router::cpu_time(std::process::id()).unwrap_or_default();
     let measured: Measured = load::run(target, load, ids).await;
     let expected = total_before + measured.issued.count * pods.addrs.len() as u64;
@@ -342,6 +352,10 @@ async fn measure(
     let harness_cpu = router::cpu_time(std::process::id())
         .unwrap_or_default()
         .saturating_sub(cpu_before);
+    let window = window.elapsed().as_secs_f64().max(1e-9);
+    let others = router::busy_cpu_time()
+        .saturating_sub(busy_before)
+        .saturating_sub(harness_cpu);
     let after = pods.tallies();
     let exactly_once = settled
         && after
@@ -362,6 +376,8 @@ async fn measure(
         latency_us: load::Percentiles::of(&measured.latencies),
         exactly_once,
         harness_cpu_us_per_broadcast: harness_cpu.as_secs_f64() * 1e6 / (measured.ok.max(1) as f64),
+        window_s: window,
+        other_cpu_cores: others.as_secs_f64() / window,
     };
     (phase, measured.elapsed)
 }

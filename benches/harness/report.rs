@@ -94,6 +94,12 @@ pub struct Phase {
     /// CPU time of the harness process (load generator and pods) per
     /// broadcast, in µs.
     pub harness_cpu_us_per_broadcast: f64,
+    /// Seconds over which CPU time was counted (the phase and the wait
+    /// for its last copies).
+    pub window_s: f64,
+    /// Cores that other processes on the machine kept busy meanwhile
+    /// (everything but the harness and the router): noise in the figures.
+    pub other_cpu_cores: f64,
 }
 
 /// The router process during a scenario's loaded phase.
@@ -201,9 +207,9 @@ impl Report {
         page.push_str(
             "| pods | policy | plugins | body | router p50 ms (1 client) | baseline p50 ms (1 client) | \
              added p50 µs | router CPU µs/bcast | router cores | peak RSS MiB | max in flight | \
-             KiB per in-flight bcast | clean exit |\n",
+             KiB per in-flight bcast | clean exit | other load (cores) |\n",
         );
-        page.push_str("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+        page.push_str("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
         for s in &self.scenarios {
             let probe = |phase: &Option<Phase>| {
                 phase
@@ -212,7 +218,7 @@ impl Report {
             };
             let _ = writeln!(
                 page,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {} | {:.0} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {} | {:.0} | {} | {:.2} |",
                 s.pods,
                 s.policy,
                 s.plugins,
@@ -231,6 +237,7 @@ impl Report {
                 } else {
                     "**no**"
                 },
+                s.baseline.other_cpu_cores.max(s.router.other_cpu_cores),
             );
         }
         page

@@ -226,8 +226,35 @@ pub fn cpu_time(pid: u32) -> Option<Duration> {
     // The command name may contain spaces; the fields start after its ')'.
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
     let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+}
+
+/// CPU time the whole machine has spent busy (all cores; `/proc/stat`
+/// user, nice, system, irq, softirq and steal).
+pub fn busy_cpu_time() -> Duration {
+    let stat = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|line| line.starts_with("cpu ")) else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|field| field.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …
+    let busy: u64 = [0, 1, 2, 5, 6, 7]
+        .iter()
+        .filter_map(|&index| fields.get(index))
+        .sum();
+    Duration::from_secs_f64(busy as f64 / clock_ticks() as f64)
+}
+
+/// Clock ticks per second of `/proc` times.
+fn clock_ticks() -> u64 {
     // SAFETY: `sysconf` only reads a configuration value.
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    let per_second = u64::try_from(per_second).ok().filter(|&hz| hz > 0)?;
-    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    u64::try_from(per_second)
+        .ok()
+        .filter(|&hz| hz > 0)
+        .unwrap_or(100)
 }
