@@ -66,6 +66,12 @@ struct Cli {
     /// 1 s (overrides the matrix; results go to target/bench-smoke).
     #[arg(long)]
     smoke: bool,
+    /// Run the harness and the router under the round-robin real-time
+    /// scheduler (SCHED_RR, priority 10; needs root or CAP_SYS_NICE), so
+    /// that other processes on a shared machine (builds) disturb the
+    /// figures less. The kernel still keeps 5% of the CPU for them.
+    #[arg(long)]
+    realtime: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -116,6 +122,12 @@ fn main() -> anyhow::Result<()> {
         "router {}; open-file limit {limit}",
         options.router.display()
     );
+    if cli.realtime {
+        match realtime() {
+            Ok(()) => eprintln!("scheduling: SCHED_RR priority 10 (harness and router)"),
+            Err(error) => eprintln!("warning: --realtime: {error}; running normally"),
+        }
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -141,6 +153,18 @@ fn command_line() -> String {
         "cargo bench --bench harness".to_owned()
     } else {
         format!("cargo bench --bench harness -- {}", args.join(" "))
+    }
+}
+
+/// Moves this process (and so every thread and child it starts later) to
+/// SCHED_RR priority 10.
+fn realtime() -> std::io::Result<()> {
+    let parameters = libc::sched_param { sched_priority: 10 };
+    // SAFETY: sched_setscheduler only reads the struct we pass.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_RR, &parameters) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
