@@ -55,6 +55,12 @@ impl Tally {
         self.squares = self.squares.wrapping_add(number.wrapping_mul(number));
     }
 
+    fn remove(&mut self, number: u64) {
+        self.count -= 1;
+        self.sum = self.sum.wrapping_sub(number);
+        self.squares = self.squares.wrapping_sub(number.wrapping_mul(number));
+    }
+
     fn merge(&mut self, other: Tally) {
         self.count += other.count;
         self.sum = self.sum.wrapping_add(other.sum);
@@ -113,6 +119,9 @@ pub struct Measured {
     /// Broadcasts that failed (status, transport error, timeout), plus
     /// background copies that failed after a `first` answer (baseline).
     pub errors: u64,
+    /// Broadcasts the router refused with 429 (its cap on deliveries in
+    /// flight): nothing was sent to the pods.
+    pub refused: u64,
     /// The latency of every successful broadcast, sorted.
     pub latencies: Vec<Duration>,
     /// The broadcast numbers sent.
@@ -158,6 +167,7 @@ impl Percentiles {
 struct ClientRun {
     ok: u64,
     errors: u64,
+    refused: u64,
     latencies: Vec<Duration>,
     issued: Tally,
     first_error: Option<String>,
@@ -184,6 +194,10 @@ pub async fn run(target: &Target, load: &Load, ids: &Arc<AtomicU64>) -> Measured
                 .redirect(reqwest::redirect::Policy::none())
                 .tcp_nodelay(true)
                 .pool_idle_timeout(Duration::from_secs(30))
+                // The harness holds both ends of every baseline connection:
+                // keep no more idle ones per pod than there are clients, or
+                // `first` at 1,000 pods runs out of file descriptors.
+                .pool_max_idle_per_host(load.clients.max(1))
                 .build()
                 .expect("the baseline HTTP client builds"),
         ),
@@ -225,6 +239,7 @@ pub async fn run(target: &Target, load: &Load, ids: &Arc<AtomicU64>) -> Measured
         let run = joined.expect("a load client does not panic");
         measured.ok += run.ok;
         measured.errors += run.errors;
+        measured.refused += run.refused;
         measured.latencies.extend(run.latencies);
         measured.issued.merge(run.issued);
         measured.first_error = measured.first_error.or(run.first_error);
@@ -285,6 +300,11 @@ async fn router_client(
                 run.ok += 1;
                 run.latencies.push(sent.elapsed());
             }
+            Ok(Ok((status, _))) if status == hyper::StatusCode::TOO_MANY_REQUESTS => {
+                // Admission control: nothing reached the pods.
+                run.refused += 1;
+                run.issued.remove(number);
+            }
             Ok(Ok((status, body))) => run.failed(|| {
                 let start = &body[..body.len().min(300)];
                 format!(
@@ -322,6 +342,17 @@ struct Fanout {
 
 impl Fanout {
     async fn broadcast(&self, run: &mut ClientRun, load: &Load, ids: &AtomicU64) {
+        // With `first`, the copies after the answer go on in the
+        // background; a client keeps at most one such tail running while
+        // it sends its next broadcast, so the baseline's work in flight
+        // stays bounded (the router bounds its own with a 429).
+        while run.background.len() > 1 {
+            if let Some(joined) = run.background.join_next().await {
+                let (errors, first_error) = joined.expect("a background fan-out does not panic");
+                run.errors += errors;
+                run.first_error = run.first_error.take().or(first_error);
+            }
+        }
         let number = ids.fetch_add(1, Ordering::Relaxed);
         run.issued.add(number);
         let id = format!("b{number}");

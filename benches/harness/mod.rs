@@ -245,6 +245,7 @@ async fn through_router(
     let idle_rss = router.memory().rss_kib;
     router.reset_peak();
     let in_flight = AtomicU64::new(0);
+    let open_files = AtomicU64::new(router.open_files());
     let cpu_before = router.cpu_time();
     let sample = async {
         loop {
@@ -255,6 +256,7 @@ async fn through_router(
             {
                 in_flight.fetch_max(now as u64, Ordering::Relaxed);
             }
+            open_files.fetch_max(router.open_files(), Ordering::Relaxed);
         }
     };
     let (mut phase, elapsed) = tokio::select! {
@@ -285,6 +287,7 @@ async fn through_router(
         idle_rss_kib: idle_rss,
         peak_rss_kib: memory.peak_kib,
         max_in_flight,
+        max_open_files: open_files.load(Ordering::Relaxed),
         kib_per_in_flight: memory.peak_kib.saturating_sub(start_rss) as f64
             / max_in_flight.max(1) as f64,
         delivery_failures,
@@ -369,6 +372,7 @@ async fn measure(
         elapsed_s: seconds,
         broadcasts: measured.ok,
         errors: measured.errors,
+        refused: measured.refused,
         first_error: measured.first_error.clone(),
         broadcasts_per_s: measured.ok as f64 / seconds,
         deliveries,
@@ -384,12 +388,13 @@ async fn measure(
 
 fn summary(phase: &Phase) -> String {
     let mut text = format!(
-        "{:.0} bcast/s, {:.0} deliveries/s, p50 {:.0} µs, p99 {:.0} µs, {} error(s){}",
+        "{:.0} bcast/s, {:.0} deliveries/s, p50 {:.0} µs, p99 {:.0} µs, {} error(s), {} refused{}",
         phase.broadcasts_per_s,
         phase.deliveries_per_s,
         phase.latency_us.p50,
         phase.latency_us.p99,
         phase.errors,
+        phase.refused,
         if phase.exactly_once {
             ""
         } else {

@@ -78,6 +78,9 @@ pub struct Phase {
     pub broadcasts: u64,
     /// Failed broadcasts and failed copies (see the JSON of `load`).
     pub errors: u64,
+    /// Broadcasts the router refused with 429 (its cap on pod deliveries
+    /// in flight was reached; nothing was sent). Not errors.
+    pub refused: u64,
     /// The first error, in words.
     pub first_error: Option<String>,
     /// Successful broadcasts per second.
@@ -117,6 +120,8 @@ pub struct Process {
     pub peak_rss_kib: u64,
     /// Most broadcasts in flight seen (`/metrics`, sampled every 100 ms).
     pub max_in_flight: u64,
+    /// Most open file descriptors seen (mostly pooled pod connections).
+    pub max_open_files: u64,
     /// (peak − start) / most in flight: an upper bound of the memory one
     /// in-flight broadcast holds, in KiB.
     pub kib_per_in_flight: f64,
@@ -195,7 +200,7 @@ impl Report {
                 ms(l.p99),
                 ms(l.max),
                 ms(s.baseline.latency_us.p50),
-                s.router.errors + s.process.delivery_failures,
+                errors(s),
                 if s.router.exactly_once && s.baseline.exactly_once {
                     "yes"
                 } else {
@@ -241,6 +246,16 @@ impl Report {
             );
         }
         page
+    }
+}
+
+/// Errors of the router's phase, and its refusals if any.
+fn errors(s: &Scenario) -> String {
+    let errors = s.router.errors + s.process.delivery_failures;
+    if s.router.refused > 0 {
+        format!("{errors} (+{} refused)", s.router.refused)
+    } else {
+        errors.to_string()
     }
 }
 

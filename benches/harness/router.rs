@@ -115,6 +115,11 @@ impl Router {
         }
     }
 
+    /// Open file descriptors (sockets, mostly) now.
+    pub fn open_files(&self) -> u64 {
+        fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, |dir| dir.count() as u64)
+    }
+
     /// Resets `VmHWM` to the current RSS (Linux `clear_refs` 5), so the
     /// next [`Router::memory`] shows the peak of what follows. Returns
     /// whether the kernel allowed it.
