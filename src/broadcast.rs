@@ -333,8 +333,13 @@ impl Broadcaster {
                 limit: route.max_targets,
             });
         }
-        let mut prepared =
-            run_plugins(|| prepare(route, id, discovered, Arc::new(request), started))?;
+        let request = Arc::new(request);
+        let mut prepared = if route.plugins.is_empty() {
+            // No plugin code runs: no need to leave the async worker.
+            prepare(route, id, discovered, request, started)?
+        } else {
+            run_plugins(|| prepare(route, id, discovered, request, started))?
+        };
         prepared.reserved = self.shared.deliveries.reserve(prepared.targets.len())?;
         Ok(prepared)
     }
