@@ -5,6 +5,8 @@
 //! header names and values, paths and statuses that would not make a valid
 //! HTTP message are refused as invalid output.
 
+use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
@@ -14,19 +16,42 @@ use crate::discovery;
 use crate::fanout::{Delivery, ErrorKind as DeliveryErrorKind, PodRequest};
 
 /// The generated bindings; their documentation is the WIT file's.
+///
+/// Hook arguments are borrowed (`Target<'a>` holds `&'a str`s and so on):
+/// the router lends its own data to each call, which copies it straight
+/// into the plugin's memory, instead of building owned copies first.
 #[allow(missing_docs)]
 mod generated {
     wasmtime::component::bindgen!({
         path: "plugins/wit",
         world: "plugin",
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
 pub use generated::broadcast;
-pub use generated::broadcast::plugin::types::{ErrorKind, Header};
-pub use generated::{
-    Hooks, Outcome, Plugin, PluginPre, Request, RequestHead, RequestPatch, Target, Verdict,
-};
+pub use generated::broadcast::plugin::types::{ErrorKind, HeaderResult as Header};
+pub use generated::{Hooks, Plugin, PluginPre, RequestPatch, Verdict};
+
+use generated::broadcast::plugin::types::HeaderParam;
+
+/// The head of the broadcast's request as plugins see it: built once per
+/// broadcast and lent to every hook that takes it.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    /// The broadcast id (`X-Broadcast-Id`).
+    pub broadcast_id: String,
+    /// The route's name.
+    pub route: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The path and query the pods receive.
+    pub path: String,
+    /// The headers the pods receive.
+    pub headers: Vec<Header>,
+}
 
 /// The head of the request as plugins see it.
 pub fn request_head(broadcast_id: &str, route: &str, request: &PodRequest) -> RequestHead {
@@ -35,40 +60,142 @@ pub fn request_head(broadcast_id: &str, route: &str, request: &PodRequest) -> Re
         route: route.to_owned(),
         method: request.method.to_string(),
         path: request.path_and_query.clone(),
-        headers: headers(&request.headers),
+        headers: request
+            .headers
+            .iter()
+            .map(|(name, value)| Header {
+                name: name.as_str().to_owned(),
+                value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            })
+            .collect(),
     }
 }
 
-/// Headers as plugins see them.
-pub fn headers(map: &HeaderMap) -> Vec<Header> {
-    map.iter()
-        .map(|(name, value)| Header {
-            name: name.as_str().to_owned(),
-            value: String::from_utf8_lossy(value.as_bytes()).into_owned(),
-        })
-        .collect()
+impl RequestHead {
+    /// The head lent to a hook call, with `headers` from [`Self::headers`].
+    pub(crate) fn lend<'a>(&'a self, headers: &'a [HeaderParam<'a>]) -> generated::RequestHead<'a> {
+        generated::RequestHead {
+            broadcast_id: &self.broadcast_id,
+            route: &self.route,
+            method: &self.method,
+            path: &self.path,
+            headers,
+        }
+    }
+
+    /// The head's headers, lent.
+    pub(crate) fn headers(&self) -> Vec<HeaderParam<'_>> {
+        self.headers
+            .iter()
+            .map(|header| HeaderParam {
+                name: &header.name,
+                value: &header.value,
+            })
+            .collect()
+    }
+
+    /// A pod's copy of the request lent to `transform`: the broadcast id,
+    /// route and method from this head, the rest from `request`, with
+    /// `headers` from [`LentHeaders::lend`] of its headers.
+    pub(crate) fn request<'a>(
+        &'a self,
+        request: &'a PodRequest,
+        headers: &'a [HeaderParam<'a>],
+    ) -> generated::Request<'a> {
+        generated::Request {
+            head: generated::RequestHead {
+                broadcast_id: &self.broadcast_id,
+                route: &self.route,
+                method: &self.method,
+                path: &request.path_and_query,
+                headers,
+            },
+            body: &request.body,
+        }
+    }
 }
 
-/// A discovered target as plugins see it.
-pub fn target(target: &discovery::Target) -> Target {
-    Target {
-        address: target.addr.ip().to_string(),
+/// A header map's values as text, so that its headers can be lent (a
+/// value that is not UTF-8 is copied with replacement characters).
+pub(crate) struct LentHeaders<'a> {
+    map: &'a HeaderMap,
+    values: Vec<Cow<'a, str>>,
+}
+
+impl<'a> LentHeaders<'a> {
+    /// The values of `map`, in its iteration order.
+    pub(crate) fn new(map: &'a HeaderMap) -> Self {
+        let values = map
+            .iter()
+            .map(|(_, value)| String::from_utf8_lossy(value.as_bytes()))
+            .collect();
+        Self { map, values }
+    }
+
+    /// The headers, lent.
+    pub(crate) fn lend(&self) -> Vec<HeaderParam<'_>> {
+        // `iter` gives a name once per value, in the order `new` saw.
+        self.map
+            .iter()
+            .zip(&self.values)
+            .map(|((name, _), value)| HeaderParam {
+                name: name.as_str(),
+                value,
+            })
+            .collect()
+    }
+}
+
+/// A discovered pod lent to a hook call; `address` is its IP address as
+/// [`address`] writes it.
+pub(crate) fn target<'a>(target: &'a discovery::Target, address: &'a str) -> generated::Target<'a> {
+    generated::Target {
+        address,
         port: target.addr.port(),
-        service: target.service.as_deref().map(str::to_owned),
+        service: target.service.as_deref(),
         index: target.index as u32,
-        labels: Vec::new(),
+        labels: &[],
     }
 }
 
-/// One pod's outcome as plugins see it.
-pub fn outcome(target_record: &discovery::Target, delivery: &Delivery) -> Outcome {
-    let (body, body_truncated) = delivery.body.as_ref().map_or((Vec::new(), false), |body| {
-        (body.bytes.to_vec(), body.truncated)
-    });
-    Outcome {
-        target: target(target_record),
+/// `ip` as text, e.g. `10.42.0.12` or `fd00::5`. IPv4 addresses are
+/// written by hand: this runs for every pod of every broadcast with
+/// plugins, and `to_string` costs several times more.
+pub(crate) fn address(ip: IpAddr) -> String {
+    let IpAddr::V4(ip) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(15);
+    for (position, octet) in ip.octets().into_iter().enumerate() {
+        if position > 0 {
+            text.push('.');
+        }
+        if octet >= 100 {
+            text.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            text.push(char::from(b'0' + octet / 10 % 10));
+        }
+        text.push(char::from(b'0' + octet % 10));
+    }
+    text
+}
+
+/// One pod's outcome lent to `aggregate`: `target` from [`target`] and
+/// `headers` from [`LentHeaders::lend`] of the delivery's headers.
+pub(crate) fn outcome<'a>(
+    target: generated::Target<'a>,
+    delivery: &'a Delivery,
+    headers: &'a [HeaderParam<'a>],
+) -> generated::Outcome<'a> {
+    let (body, body_truncated) = delivery
+        .body
+        .as_ref()
+        .map_or((&[][..], false), |body| (&body.bytes[..], body.truncated));
+    generated::Outcome {
+        target,
         status: delivery.status.map(|status| status.as_u16()),
-        headers: headers(&delivery.headers),
+        headers,
         body,
         body_truncated,
         error: delivery.error.as_ref().map(|error| match error.kind {
@@ -190,4 +317,52 @@ pub fn check_verdict(verdict: Verdict) -> Result<CheckedVerdict, String> {
         content_type,
         body: verdict.body.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use axum::http::{HeaderMap, HeaderValue};
+
+    use super::LentHeaders;
+
+    #[test]
+    fn addresses_read_as_std_writes_them() {
+        for octet in 0..=255u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(octet, 255 - octet, octet / 7, 10));
+            assert_eq!(super::address(ip), ip.to_string());
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5));
+        assert_eq!(super::address(v6), "fd00::5");
+    }
+
+    #[test]
+    fn lent_headers_keep_every_value_in_order() {
+        let mut map = HeaderMap::new();
+        map.append("x-a", HeaderValue::from_static("1"));
+        map.append("x-b", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        map.append("x-a", HeaderValue::from_static("2"));
+        let lent = LentHeaders::new(&map);
+        let headers: Vec<(&str, &str)> = lent
+            .lend()
+            .iter()
+            .map(|header| (header.name, header.value))
+            .collect();
+        let expected: Vec<(&str, String)> = map
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str(),
+                    String::from_utf8_lossy(value.as_bytes()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(headers.len(), 3);
+        for ((name, value), (expected_name, expected_value)) in headers.iter().zip(&expected) {
+            assert_eq!(name, expected_name);
+            assert_eq!(value, expected_value);
+        }
+        assert!(headers.contains(&("x-b", "caf\u{fffd}")));
+    }
 }

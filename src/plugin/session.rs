@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use wasmtime::Store;
 
-use super::bindings::{self, CheckedVerdict, Hooks, RequestHead};
+use super::bindings::{self, CheckedVerdict, Hooks, LentHeaders, RequestHead};
 use super::{HostState, Link, ticks};
 use crate::config::OnError;
 use crate::discovery::Target;
@@ -75,6 +75,9 @@ pub struct Session {
     route: Arc<str>,
     broadcast_id: Arc<str>,
     deadline: Instant,
+    /// Each pod's IP address as text, by its place in the discovered list:
+    /// written once per broadcast, not once per hook call.
+    addresses: Vec<Option<String>>,
 }
 
 struct Member {
@@ -107,7 +110,22 @@ impl Session {
             route,
             broadcast_id,
             deadline,
+            addresses: Vec::new(),
         }
+    }
+
+    /// The session's addresses, with those of `targets` written: taken out
+    /// of the session so that hook calls can borrow them (put them back
+    /// after the call).
+    fn take_addresses(&mut self, targets: &[Target]) -> Vec<Option<String>> {
+        let mut addresses = std::mem::take(&mut self.addresses);
+        for target in targets {
+            if addresses.len() <= target.index {
+                addresses.resize(target.index + 1, None);
+            }
+            addresses[target.index].get_or_insert_with(|| bindings::address(target.addr.ip()));
+        }
+        addresses
     }
 
     /// Runs every `select-targets` hook in chain order; each sees the pods
@@ -118,27 +136,47 @@ impl Session {
         mut targets: Vec<Target>,
     ) -> Result<Vec<Target>, PluginFailure> {
         for index in 0..self.members.len() {
-            let records: Vec<bindings::Target> = targets.iter().map(bindings::target).collect();
+            if !self.members[index]
+                .link
+                .plugin
+                .hooks
+                .contains(Hooks::SELECT_TARGETS)
+            {
+                continue;
+            }
+            let addresses = self.take_addresses(&targets);
             let count = targets.len();
-            let chosen = self.call(
-                index,
-                Hooks::SELECT_TARGETS,
-                "select-targets",
-                |plugin, store| plugin.call_select_targets(store, head, &records),
-                |indices: Vec<u32>| {
-                    let mut seen = vec![false; count];
-                    for &i in &indices {
-                        let i = i as usize;
-                        if i >= count {
-                            return Err(format!("index {i} is out of range for {count} targets"));
+            let chosen = {
+                let records: Vec<_> = targets
+                    .iter()
+                    .map(|target| bindings::target(target, address_of(&addresses, target)))
+                    .collect();
+                let headers = head.headers();
+                let head = head.lend(&headers);
+                self.call(
+                    index,
+                    Hooks::SELECT_TARGETS,
+                    "select-targets",
+                    |plugin, store| plugin.call_select_targets(store, head, &records),
+                    |indices: Vec<u32>| {
+                        let mut seen = vec![false; count];
+                        for &i in &indices {
+                            let i = i as usize;
+                            if i >= count {
+                                return Err(format!(
+                                    "index {i} is out of range for {count} targets"
+                                ));
+                            }
+                            if std::mem::replace(&mut seen[i], true) {
+                                return Err(format!("index {i} is listed twice"));
+                            }
                         }
-                        if std::mem::replace(&mut seen[i], true) {
-                            return Err(format!("index {i} is listed twice"));
-                        }
-                    }
-                    Ok(indices)
-                },
-            )?;
+                        Ok(indices)
+                    },
+                )
+            };
+            self.addresses = addresses;
+            let chosen = chosen?;
             if let Some(indices) = chosen {
                 targets = indices
                     .into_iter()
@@ -156,30 +194,41 @@ impl Session {
         request: &Arc<PodRequest>,
         target: &Target,
     ) -> Result<Arc<PodRequest>, PluginFailure> {
+        let addresses = self.take_addresses(std::slice::from_ref(target));
+        let record = bindings::target(target, address_of(&addresses, target));
         let mut request = Arc::clone(request);
-        let record = bindings::target(target);
+        let mut result = Ok(());
         for index in 0..self.members.len() {
-            let wit_request = bindings::Request {
-                head: RequestHead {
-                    path: request.path_and_query.clone(),
-                    headers: bindings::headers(&request.headers),
-                    ..head.clone()
-                },
-                body: request.body.to_vec(),
-            };
+            if !self.members[index]
+                .link
+                .plugin
+                .hooks
+                .contains(Hooks::TRANSFORM)
+            {
+                continue;
+            }
+            // Each plugin sees the copy as the previous ones patched it.
             let current = Arc::clone(&request);
-            let patched = self.call(
+            let lent = LentHeaders::new(&current.headers);
+            let headers = lent.lend();
+            let wit_request = head.request(&current, &headers);
+            match self.call(
                 index,
                 Hooks::TRANSFORM,
                 "transform",
-                |plugin, store| plugin.call_transform(store, &wit_request, &record),
+                |plugin, store| plugin.call_transform(store, wit_request, record.clone()),
                 |patch| bindings::apply(&current, patch),
-            )?;
-            if let Some(patched) = patched {
-                request = patched;
+            ) {
+                Ok(Some(patched)) => request = patched,
+                Ok(None) => {}
+                Err(failure) => {
+                    result = Err(failure);
+                    break;
+                }
             }
         }
-        Ok(request)
+        self.addresses = addresses;
+        result.map(|()| request)
     }
 
     /// Runs the chain's `aggregate` hook, if any: `Ok(None)` means the
@@ -197,18 +246,38 @@ impl Session {
         else {
             return Ok(None);
         };
-        let records: Vec<bindings::Outcome> = targets
-            .iter()
-            .zip(outcomes)
-            .filter_map(|(target, outcome)| Some(bindings::outcome(target, outcome.as_ref()?)))
-            .collect();
-        self.call(
-            index,
-            Hooks::AGGREGATE,
-            "aggregate",
-            |plugin, store| plugin.call_aggregate(store, head, &records),
-            bindings::check_verdict,
-        )
+        let addresses = self.take_addresses(targets);
+        let result = {
+            let delivered: Vec<(&Target, &Delivery)> = targets
+                .iter()
+                .zip(outcomes)
+                .filter_map(|(target, outcome)| Some((target, outcome.as_ref()?)))
+                .collect();
+            let lent: Vec<LentHeaders> = delivered
+                .iter()
+                .map(|(_, delivery)| LentHeaders::new(&delivery.headers))
+                .collect();
+            let headers: Vec<_> = lent.iter().map(LentHeaders::lend).collect();
+            let records: Vec<_> = delivered
+                .iter()
+                .zip(&headers)
+                .map(|((target, delivery), headers)| {
+                    let record = bindings::target(target, address_of(&addresses, target));
+                    bindings::outcome(record, delivery, headers)
+                })
+                .collect();
+            let head_headers = head.headers();
+            let head = head.lend(&head_headers);
+            self.call(
+                index,
+                Hooks::AGGREGATE,
+                "aggregate",
+                |plugin, store| plugin.call_aggregate(store, head, &records),
+                bindings::check_verdict,
+            )
+        };
+        self.addresses = addresses;
+        result
     }
 
     /// Calls one hook of member `index` under its limits and failure policy.
@@ -279,6 +348,14 @@ impl Session {
             }
         }
     }
+}
+
+/// `target`'s address from [`Session::take_addresses`].
+fn address_of<'a>(addresses: &'a [Option<String>], target: &Target) -> &'a str {
+    addresses
+        .get(target.index)
+        .and_then(Option::as_deref)
+        .expect("take_addresses wrote every target's address")
 }
 
 fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Cause {
