@@ -37,7 +37,7 @@ done
 
 echo "--- building ${packages[*]} for ${TARGET}"
 cargo build --release --target "${TARGET}" --target-dir "${TARGET_DIR}" \
-    --config 'profile.release.opt-level="s"' \
+    --config 'profile.release.opt-level=3' \
     --config 'profile.release.lto=true' \
     --config 'profile.release.codegen-units=1' \
     --config 'profile.release.strip=true' \

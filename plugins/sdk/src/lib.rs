@@ -50,9 +50,18 @@
 // absolute path, which must also resolve inside the crate itself.
 extern crate self as broadcast_plugin_sdk;
 
+mod alloc;
 pub mod log;
 pub mod testing;
 mod types;
+
+/// Plugins allocate through size-class free lists over the default
+/// allocator (see `alloc.rs`): hook arguments come in a dozen small
+/// allocations per call.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses<std::alloc::System> =
+    alloc::SizeClasses::new(std::alloc::System);
 
 use std::any::Any;
 use std::cell::OnceCell;
