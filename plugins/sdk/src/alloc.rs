@@ -3,14 +3,22 @@
 //! Every hook call hands the plugin its arguments in freshly allocated
 //! memory — each string and list separately, a dozen allocations for one
 //! `transform` — and the plugin frees them again when the hook returns. On
-//! top of Rust's default allocator for WebAssembly (dlmalloc), this keeps
-//! one free list per size class (powers of two from 16 bytes to 2 KiB): a
-//! small allocation pops a block of its class, a free pushes it back, so
-//! the next call's arguments reuse the same blocks in a few instructions.
-//! Larger allocations, and blocks a free list has not seen yet, come from
-//! dlmalloc. Blocks of a class are not handed back to dlmalloc; an instance
-//! lives for one broadcast, so what is kept is bounded by what the plugin
-//! used at once.
+//! top of Rust's default allocator for WebAssembly (wasi-libc's dlmalloc),
+//! this keeps one free list per size class (powers of two from 16 bytes to
+//! 2 KiB): a small allocation pops a block of its class, a free pushes it
+//! back, so the next call's arguments reuse the same blocks in a few
+//! instructions. Larger allocations, and blocks a free list has not seen
+//! yet, come from dlmalloc. Blocks of a class are not handed back to
+//! dlmalloc; an instance lives for one broadcast, so what is kept is
+//! bounded by what the plugin used at once.
+//!
+//! The router allocates the arguments through the component's exported
+//! `cabi_realloc`, and the generated bindings free them with Rust's
+//! allocator, so both must be the same allocator: [`cabi_realloc`] below
+//! replaces wasi-libc's (a weak symbol that calls C `realloc`) with one
+//! that allocates through Rust's. Every block handed out is still a
+//! dlmalloc block underneath, so wasi-libc may `free` what the router
+//! returns from its own imports.
 
 #![allow(unsafe_code)]
 
@@ -124,6 +132,44 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for SizeClasses<A> {
             }
         }
     }
+}
+
+/// The canonical ABI's allocation function, through Rust's global
+/// allocator (see the module documentation): the router calls it for every
+/// string and list it passes to a hook.
+///
+/// # Safety
+///
+/// Called by the component's host with the canonical ABI's arguments: a
+/// power-of-two `align`, and `old_ptr`/`old_len` naming a live allocation
+/// of that alignment when `old_len` is not zero.
+#[cfg(all(target_arch = "wasm32", not(target_feature = "atomics")))]
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn cabi_realloc(
+    old_ptr: *mut u8,
+    old_len: usize,
+    align: usize,
+    new_len: usize,
+) -> *mut u8 {
+    if new_len == 0 {
+        // Nothing to allocate: any well-aligned pointer will do.
+        return align as *mut u8;
+    }
+    // SAFETY: the host passes a valid alignment and, when `old_len` is not
+    // zero, a live allocation of `old_len` bytes with that alignment.
+    let block = unsafe {
+        if old_len == 0 {
+            std::alloc::alloc(Layout::from_size_align_unchecked(new_len, align))
+        } else {
+            let layout = Layout::from_size_align_unchecked(old_len, align);
+            std::alloc::realloc(old_ptr, layout, new_len)
+        }
+    };
+    if block.is_null() {
+        // Out of memory (the instance's cap): trap, as wasi-libc's does.
+        core::arch::wasm32::unreachable();
+    }
+    block
 }
 
 #[cfg(test)]
