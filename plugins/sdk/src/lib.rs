@@ -42,6 +42,11 @@
 //! checks its argument: unit-test the logic natively with `cargo test`, using
 //! [`instantiate`] (the same config parsing as `init`) and the builders in
 //! [`testing`].
+//!
+//! In WebAssembly the SDK sets the plugin's global allocator (size-class
+//! free lists over the default one, which makes passing hook arguments
+//! cheaper) and exports the canonical ABI's `cabi_realloc` through it: a
+//! plugin crate must not declare its own `#[global_allocator]`.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
