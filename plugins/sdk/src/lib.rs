@@ -55,6 +55,8 @@
 // absolute path, which must also resolve inside the crate itself.
 extern crate self as broadcast_plugin_sdk;
 
+// Only WebAssembly plugins use the allocator; native builds test it.
+#[cfg(any(all(target_arch = "wasm32", not(target_feature = "atomics")), test))]
 mod alloc;
 pub mod log;
 pub mod testing;
