@@ -25,17 +25,19 @@ use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use crate::aggregate::{Report, UdpReport};
-use crate::config::DnsConfig;
-use crate::config::Mode;
-use crate::discovery::{Discovery, DiscoveryError, Target, dns::LookupError};
-use crate::fanout::udp::UdpSender;
+use crate::aggregate::{Report, Verdict};
+use crate::config::{DnsConfig, Mode};
+use crate::discovery::{Discovery, DiscoveryError, dns::LookupError};
+use crate::fanout::udp::{UdpReport, UdpSender};
 use crate::fanout::{Delivery, Fanout, PodRequest};
 use crate::limit::{Admitted, DeliveryBudget, Refused, Reserved};
-use crate::plugin::bindings::{self, CheckedVerdict, RequestHead};
-use crate::plugin::{PluginFailure, Session, run_plugins};
+use crate::load::Endpoint;
 use crate::route::Route;
+use crate::plugin::bindings::{self, RequestHead};
+use crate::plugin::{PluginFailure, Session, run_plugins};
 use crate::telemetry;
+use crate::vocabulary::blame::Blame;
+use crate::vocabulary::target::Target;
 
 /// Runs broadcasts: discovery, fan-out and aggregation, with the state they
 /// share (DNS cache, HTTP client pool, running tasks).
@@ -61,37 +63,27 @@ struct Shared {
     deliveries: DeliveryBudget,
 }
 
-/// A broadcast that is running; its answer comes through [`Started::answer`].
+/// A broadcast that is running; its verdict comes through
+/// [`Started::verdict`].
 pub struct Started {
     /// How many pods it goes to.
     pub targets: usize,
-    answer: oneshot::Receiver<Answer>,
+    verdict: oneshot::Receiver<Verdict>,
 }
 
 impl Started {
-    /// Waits until the route's policy (or aggregate plugin) allows an answer.
-    pub async fn answer(self) -> Answer {
-        self.answer
+    /// Waits until the route's policy (or aggregate plugin) allows an
+    /// answer: the verdict, early for a policy that answers early.
+    pub async fn verdict(self) -> Verdict {
+        self.verdict
             .await
-            .expect("a broadcast task always sends its answer")
+            .expect("a broadcast task always sends its verdict")
     }
 }
 
-/// What a finished (or early-answered) HTTP broadcast tells its client.
-#[derive(Debug)]
-pub struct Answer {
-    /// The report of every pod's outcome.
-    pub report: Report,
-    /// The verdict of the route's aggregate plugin, when it has one that
-    /// did not fail open.
-    pub verdict: Option<CheckedVerdict>,
-    /// The aggregate plugin failed closed: answer 502 with this.
-    pub plugin_failure: Option<PluginFailure>,
-}
-
-/// Why a broadcast could not start.
+/// Why a broadcast did not start: nothing was sent to any pod.
 #[derive(Debug, thiserror::Error)]
-pub enum StartError {
+pub enum NotStarted {
     /// No pods could be discovered.
     #[error(transparent)]
     Discovery(#[from] DiscoveryError),
@@ -133,6 +125,21 @@ pub enum StartError {
     },
 }
 
+impl NotStarted {
+    /// Who is to blame.
+    pub fn blame(&self) -> Blame {
+        match self {
+            NotStarted::Discovery(error) => error.blame(),
+            NotStarted::Plugin(failure) => failure.blame(),
+            NotStarted::NoneSelected { .. } => Blame::Plugin,
+            NotStarted::DatagramTooLarge { .. } => Blame::Client,
+            NotStarted::TooManyTargets { .. } => Blame::Config,
+            NotStarted::Refused(Refused::Overloaded { .. }) => Blame::Router,
+            NotStarted::Refused(_) => Blame::Client,
+        }
+    }
+}
+
 /// Targets after plugin selection, with each one's request.
 struct Prepared {
     targets: Vec<Target>,
@@ -142,9 +149,9 @@ struct Prepared {
     reserved: Reserved,
 }
 
-/// Why the broadcaster could not be built.
+/// Why the broadcaster could not be set up.
 #[derive(Debug, thiserror::Error)]
-pub enum BuildError {
+pub enum SetupError {
     /// The DNS resolver could not be set up.
     #[error(transparent)]
     Dns(#[from] LookupError),
@@ -157,7 +164,7 @@ impl Broadcaster {
     /// Builds the shared discovery and delivery machinery; the DNS
     /// resolver only `with_dns` (some route names a `service`). At most
     /// `max_deliveries` pod deliveries are in flight at once.
-    pub fn new(dns: &DnsConfig, with_dns: bool, max_deliveries: usize) -> Result<Self, BuildError> {
+    pub fn new(dns: &DnsConfig, with_dns: bool, max_deliveries: usize) -> Result<Self, SetupError> {
         Ok(Self {
             discovery: Arc::new(Discovery::new(dns, with_dns)?),
             dns: dns.clone(),
@@ -184,7 +191,7 @@ impl Broadcaster {
     /// HTTP client pool, UDP sequence and running broadcasts (draining
     /// either waits for both generations' broadcasts); its DNS cache is
     /// this one's when the `[dns]` settings did not change.
-    pub fn reconfigured(&self, dns: &DnsConfig, with_dns: bool) -> Result<Self, BuildError> {
+    pub fn reconfigured(&self, dns: &DnsConfig, with_dns: bool) -> Result<Self, SetupError> {
         let keep_cache = *dns == self.dns && (self.with_dns || !with_dns);
         let (discovery, with_dns) = if keep_cache {
             (Arc::clone(&self.discovery), self.with_dns)
@@ -204,45 +211,45 @@ impl Broadcaster {
     /// `admitted` is held until the last delivery finished.
     pub async fn start(
         self: &Arc<Self>,
-        route: Arc<Route>,
+        endpoint: Arc<Endpoint>,
         service: Option<String>,
         id: String,
         request: PodRequest,
         admitted: Admitted,
-    ) -> Result<Started, StartError> {
+    ) -> Result<Started, NotStarted> {
         let started = Instant::now();
         let prepared = self
-            .discover_and_prepare(&route, service, &id, request, started)
+            .discover_and_prepare(&endpoint, service, &id, request, started)
             .await?;
         let count = prepared.targets.len();
-        let (answer, answered) = oneshot::channel();
-        let span = tracing::info_span!("broadcast", route = %route.name, id = %id);
+        let (verdict, judged) = oneshot::channel();
+        let span = tracing::info_span!("broadcast", route = %endpoint.route.name, id = %id);
         let this = Arc::clone(self);
         self.shared.tasks.spawn(
             async move {
-                this.run(route, id, prepared, started, answer).await;
+                this.run(endpoint, id, prepared, started, verdict).await;
                 drop(admitted);
             }
             .instrument(span),
         );
         Ok(Started {
             targets: count,
-            answer: answered,
+            verdict: judged,
         })
     }
 
     /// Discovers the route's pods, runs the route's plugins, and sends
     /// each pod its copy of the request body as datagrams (refused with
-    /// [`StartError::DatagramTooLarge`] before anything is sent when a copy
+    /// [`NotStarted::DatagramTooLarge`] before anything is sent when a copy
     /// would not fit the route's limit).
     pub async fn send_udp(
         self: &Arc<Self>,
-        route: Arc<Route>,
+        endpoint: Arc<Endpoint>,
         service: Option<String>,
         id: String,
         request: PodRequest,
         admitted: Admitted,
-    ) -> Result<UdpReport, StartError> {
+    ) -> Result<UdpReport, NotStarted> {
         let started = Instant::now();
         let Prepared {
             targets,
@@ -250,16 +257,17 @@ impl Broadcaster {
             reserved,
             ..
         } = self
-            .discover_and_prepare(&route, service, &id, request, started)
+            .discover_and_prepare(&endpoint, service, &id, request, started)
             .await?;
+        let route = &endpoint.route;
         let payloads: Vec<bytes::Bytes> = requests
             .iter()
             .map(|request| request.body.clone())
             .collect();
         let longest = payloads.iter().map(bytes::Bytes::len).max().unwrap_or(0);
-        let size = crate::frame::encoded_len(&id, longest);
+        let size = broadcast_receiver::frame::encoded_len(&id, longest);
         if size > route.udp.max_datagram_bytes {
-            return Err(StartError::DatagramTooLarge {
+            return Err(NotStarted::DatagramTooLarge {
                 size,
                 limit: route.udp.max_datagram_bytes,
             });
@@ -270,6 +278,7 @@ impl Broadcaster {
         let this = Arc::clone(self);
         self.shared.tasks.spawn(
             async move {
+                let route = &endpoint.route;
                 let started = Instant::now();
                 let key = this.shared.next_key.fetch_add(1, Ordering::Relaxed);
                 let _registered = InFlight::register(&this.shared.in_flight, key, &id, &route.name);
@@ -304,9 +313,9 @@ impl Broadcaster {
                     "UDP broadcast sent."
                 );
                 drop((reserved, admitted));
-                let json = this.serialize_for_collector(&route, &report);
+                let json = this.serialize_for_collector(route, &report);
                 let _ = answer.send(report);
-                this.report(&route, &id_of_udp, json).await;
+                this.report(route, &id_of_udp, json).await;
             }
             .instrument(span),
         );
@@ -316,29 +325,30 @@ impl Broadcaster {
     /// Finds the route's pods and runs its plugins over them.
     async fn discover_and_prepare(
         &self,
-        route: &Route,
+        endpoint: &Endpoint,
         service: Option<String>,
         id: &str,
         request: PodRequest,
         started: Instant,
-    ) -> Result<Prepared, StartError> {
+    ) -> Result<Prepared, NotStarted> {
+        let route = &endpoint.route;
         let discovered = self
             .discovery
             .targets(&route.source, service.as_deref())
             .await?;
         if discovered.len() > route.max_targets {
-            return Err(StartError::TooManyTargets {
+            return Err(NotStarted::TooManyTargets {
                 route: route.name.clone(),
                 found: discovered.len(),
                 limit: route.max_targets,
             });
         }
         let request = Arc::new(request);
-        let mut prepared = if route.plugins.is_empty() {
+        let mut prepared = if endpoint.plugins.is_empty() {
             // No plugin code runs: no need to leave the async worker.
-            prepare(route, id, discovered, request, started)?
+            prepare(endpoint, id, discovered, request, started)?
         } else {
-            run_plugins(|| prepare(route, id, discovered, request, started))?
+            run_plugins(|| prepare(endpoint, id, discovered, request, started))?
         };
         prepared.reserved = self.shared.deliveries.reserve(prepared.targets.len())?;
         Ok(prepared)
@@ -367,12 +377,13 @@ impl Broadcaster {
 
     async fn run(
         self: Arc<Self>,
-        route: Arc<Route>,
+        endpoint: Arc<Endpoint>,
         id: String,
         prepared: Prepared,
         started: Instant,
-        answer: oneshot::Sender<Answer>,
+        answer: oneshot::Sender<Verdict>,
     ) {
+        let route = &endpoint.route;
         let Prepared {
             targets,
             requests,
@@ -385,13 +396,19 @@ impl Broadcaster {
 
         let mut outcomes: Vec<Option<Delivery>> = vec![None; targets.len()];
         let mut answer = Some(answer);
-        let early = route.policy.answers_early() && !route.plugins.aggregates();
+        let early = route.policy.answers_early() && !endpoint.plugins.aggregates();
         let required = route.policy.required(targets.len());
         let mut succeeded = 0;
         let mut deliveries =
             self.shared
                 .fanout
-                .deliver_all(&requests, &targets, &route.limits, started);
+                .deliver_all(
+                    &requests,
+                    &targets,
+                    &route.limits,
+                    endpoint.tls.as_ref(),
+                    started,
+                );
         while let Some((index, delivery)) = deliveries.next().await {
             telemetry::delivery_finished(
                 &route.name,
@@ -415,12 +432,8 @@ impl Broadcaster {
             {
                 let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
                 tracing::debug!(pending = report.pending, "Policy met; answering early.");
-                let early_answer = Answer {
-                    report,
-                    verdict: None,
-                    plugin_failure: None,
-                };
-                if sender.send(early_answer).is_err() && route.mode == Mode::Sync {
+                let early = Verdict::by_policy(report, route.policy);
+                if sender.send(early).is_err() && route.mode == Mode::Sync {
                     tracing::info!("The client left before the answer.");
                 }
             }
@@ -429,24 +442,17 @@ impl Broadcaster {
         // Every delivery has its outcome: give back their share of the budget.
         drop(reserved);
 
-        let mut report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
-        let (verdict, plugin_failure) = match plugins {
+        let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
+        let verdict = match plugins {
             Some((mut session, head)) => {
-                match run_plugins(|| session.aggregate(&head, &targets, &outcomes)) {
-                    Ok(verdict) => (verdict, None),
-                    Err(failure) => (None, Some(failure)),
-                }
+                let judged = run_plugins(|| session.aggregate(&head, &targets, &outcomes))
+                    .map_err(|failure| failure.to_string());
+                Verdict::by_plugin(report, route.policy, judged)
             }
-            None => (None, None),
+            None => Verdict::by_policy(report, route.policy),
         };
-        if let Some(verdict) = &verdict {
-            report.ok = verdict.ok;
-            report.policy = "plugin".to_owned();
-        }
-        if plugin_failure.is_some() {
-            report.ok = false;
-        }
         let elapsed = started.elapsed();
+        let report = &verdict.report;
         telemetry::broadcast_finished(&route.name, report.ok, elapsed);
         tracing::info!(
             ok = report.ok,
@@ -457,20 +463,14 @@ impl Broadcaster {
             answered_early = answer.is_none(),
             "Broadcast finished."
         );
-        let json = self.serialize_for_collector(&route, &report);
-        if let Some(sender) = answer {
-            let full = Answer {
-                report,
-                verdict,
-                plugin_failure,
-            };
-            if sender.send(full).is_err() && route.mode == Mode::Sync {
-                tracing::info!(
-                    "The client left before the answer; the broadcast completed anyway."
-                );
-            }
+        let json = self.serialize_for_collector(route, report);
+        if let Some(sender) = answer
+            && sender.send(verdict).is_err()
+            && route.mode == Mode::Sync
+        {
+            tracing::info!("The client left before the answer; the broadcast completed anyway.");
         }
-        self.report(&route, &id, json).await;
+        self.report(route, &id, json).await;
     }
 
     /// Stops accepting broadcasts and waits up to `grace` for running ones.
@@ -507,13 +507,14 @@ impl Broadcaster {
 /// order), then each pod's transforms. Without plugins, every pod shares
 /// the one request.
 fn prepare(
-    route: &Route,
+    endpoint: &Endpoint,
     id: &str,
     discovered: Vec<Target>,
     request: Arc<PodRequest>,
     started: Instant,
-) -> Result<Prepared, StartError> {
-    if route.plugins.is_empty() {
+) -> Result<Prepared, NotStarted> {
+    let route = &endpoint.route;
+    if endpoint.plugins.is_empty() {
         let requests = vec![request; discovered.len()];
         return Ok(Prepared {
             targets: discovered,
@@ -522,19 +523,19 @@ fn prepare(
             reserved: Reserved::default(),
         });
     }
-    let mut session = route
+    let mut session = endpoint
         .plugins
         .session(&route.name, id, started + route.limits.deadline);
     let head = bindings::request_head(id, &route.name, &request);
     let count = discovered.len();
     let targets = session.select(&head, discovered)?;
     if targets.is_empty() {
-        return Err(StartError::NoneSelected {
+        return Err(NotStarted::NoneSelected {
             route: route.name.clone(),
             discovered: count,
         });
     }
-    let requests = if route.plugins.transforms() {
+    let requests = if endpoint.plugins.transforms() {
         targets
             .iter()
             .map(|target| session.transform(&head, &request, target))

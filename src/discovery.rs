@@ -9,30 +9,12 @@
 
 pub mod dns;
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::DnsConfig;
-use crate::route::TargetSource;
-
-/// One pod a broadcast is delivered to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Target {
-    /// The pod's address and port.
-    pub addr: SocketAddr,
-    /// The Service name it was discovered under (`None` for static targets).
-    pub service: Option<Arc<str>>,
-    /// Position in the broadcast's target list.
-    pub index: usize,
-}
-
-impl fmt::Display for Target {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // `SocketAddr` already writes IPv6 as `[addr]:port`, as URLs need.
-        self.addr.fmt(f)
-    }
-}
+use crate::vocabulary::blame::Blame;
+pub use crate::vocabulary::target::{Target, TargetSource};
 
 /// Why a route's pods could not be found. Both mean "answer 503".
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +35,13 @@ pub enum DiscoveryError {
     },
 }
 
+impl DiscoveryError {
+    /// Who is to blame: DNS, whether it failed or said there are no pods.
+    pub fn blame(&self) -> Blame {
+        Blame::Dns
+    }
+}
+
 /// Finds the pods of every route.
 pub struct Discovery {
     /// Built only when some route names a `service`, so configurations of
@@ -71,8 +60,9 @@ impl Discovery {
         Ok(Self { dns })
     }
 
-    /// The pods to broadcast to. `service` is the resolved Service name for
-    /// DNS routes (see [`crate::route::Route::service_name`]).
+    /// The pods to broadcast to. `service` is the resolved Service name of
+    /// a templated route (see `Route::service_name`); `None` uses the
+    /// source's own name.
     pub async fn targets(
         &self,
         source: &TargetSource,

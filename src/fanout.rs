@@ -9,7 +9,7 @@
 //! still waiting or mid-attempt then gets the `deadline` error. Every target
 //! always gets exactly one outcome.
 //!
-//! The request body is shared by all pods ([`Bytes`] is reference-counted),
+//! The request body is shared by all pods (`Bytes` is reference-counted),
 //! never copied per pod, and so is the parsed URL: pods that share one
 //! request get its URL with only the address changed.
 
@@ -19,135 +19,19 @@ pub mod udp;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method, StatusCode};
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
-use serde::Serialize;
+use http::{HeaderMap, StatusCode};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::discovery::Target;
-
-/// Per-broadcast limits, from the route's configuration.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    /// Timeout of one attempt to one pod (connect to end of body).
-    pub timeout: Duration,
-    /// Retries per pod after a retryable failure.
-    pub retries: u32,
-    /// Base delay of the exponential backoff.
-    pub retry_backoff: Duration,
-    /// Most attempts in flight at once.
-    pub concurrency: usize,
-    /// Budget of the whole broadcast.
-    pub deadline: Duration,
-    /// How much of each pod's body is kept for the answer.
-    pub max_pod_body_bytes: usize,
-    /// The HTTPS client of a `scheme = "https"` route; `None`: plain HTTP.
-    pub tls: Option<crate::tls::PodTls>,
-}
-
-/// What every pod of one broadcast receives (before per-pod addressing).
-#[derive(Debug)]
-pub struct PodRequest {
-    /// The HTTP method.
-    pub method: Method,
-    /// Path and query, e.g. `/cache-invalidation?key=1`.
-    pub path_and_query: String,
-    /// Headers, already filtered and extended by [`headers::forwarded`].
-    pub headers: HeaderMap,
-    /// The body, shared by every pod.
-    pub body: Bytes,
-}
-
-/// The outcome of delivering to one target.
-#[derive(Debug, Clone)]
-pub struct Delivery {
-    /// Status of the last answer received, if any.
-    pub status: Option<StatusCode>,
-    /// Attempts made (0 when the deadline passed before the first).
-    pub attempts: u32,
-    /// Time from the broadcast's start to this outcome.
-    pub latency: Duration,
-    /// Why the delivery failed; `None` means the pod answered 2xx.
-    pub error: Option<DeliveryError>,
-    /// The start of the last answer's body.
-    pub body: Option<PodBody>,
-    /// The last answer's headers.
-    pub headers: HeaderMap,
-}
-
-impl Delivery {
-    /// Whether the pod answered 2xx.
-    pub fn succeeded(&self) -> bool {
-        self.error.is_none()
-    }
-
-    /// A label for metrics: `success` or the error kind.
-    pub fn outcome(&self) -> &'static str {
-        self.error
-            .as_ref()
-            .map_or("success", |error| error.kind.as_str())
-    }
-}
-
-/// The kept start of a pod's response body.
-#[derive(Debug, Clone)]
-pub struct PodBody {
-    /// Up to `max_pod_body_bytes` bytes.
-    pub bytes: Bytes,
-    /// Whether the body was longer than what is kept.
-    pub truncated: bool,
-}
-
-/// A failed delivery: what kind of failure, and a readable detail.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{kind}: {detail}")]
-pub struct DeliveryError {
-    /// The category, one of a small fixed set.
-    pub kind: ErrorKind,
-    /// What happened, e.g. "connection refused".
-    pub detail: String,
-}
-
-/// The fixed set of delivery failure categories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// No connection could be made (refused, unreachable).
-    Connect,
-    /// An attempt took longer than the route's `timeout`.
-    Timeout,
-    /// The pod answered with a non-2xx status.
-    Status,
-    /// The connection broke mid-exchange (reset, closed early).
-    Reset,
-    /// The broadcast's `deadline` passed before the pod answered.
-    Deadline,
-    /// The pod's answer was not valid HTTP.
-    Protocol,
-}
-
-impl ErrorKind {
-    /// The kind's name, as in the answer document and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorKind::Connect => "connect",
-            ErrorKind::Timeout => "timeout",
-            ErrorKind::Status => "status",
-            ErrorKind::Reset => "reset",
-            ErrorKind::Deadline => "deadline",
-            ErrorKind::Protocol => "protocol",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::route::Limits;
+use crate::tls::{PodTls, PodTlsError};
+pub use crate::vocabulary::delivery::{
+    Delivery, DeliveryError, ErrorKind, PodBody, PodRequest,
+};
+use crate::vocabulary::target::Target;
 
 /// The shared delivery machinery.
 #[derive(Clone)]
@@ -172,14 +56,16 @@ impl Fanout {
         &self.client
     }
 
-    /// Delivers `requests[i]` to `targets[i]` for every target; yields
-    /// `(position, outcome)` as deliveries finish. Exactly one outcome per
-    /// target, all of them by the deadline.
+    /// Delivers `requests[i]` to `targets[i]` for every target, over
+    /// `tls` when the route reaches its pods by HTTPS; yields `(position,
+    /// outcome)` as deliveries finish. Exactly one outcome per target, all
+    /// of them by the deadline.
     pub fn deliver_all<'a>(
         &'a self,
         requests: &'a [Arc<PodRequest>],
         targets: &'a [Target],
         limits: &'a Limits,
+        tls: Option<&'a PodTls>,
         started: Instant,
     ) -> impl futures_util::Stream<Item = (usize, Delivery)> + 'a {
         let slots = Arc::new(Semaphore::new(limits.concurrency.max(1)));
@@ -195,7 +81,7 @@ impl Fanout {
                 let span = tracing::debug_span!("delivery", target = %target);
                 async move {
                     let delivery = self
-                        .deliver(request, url, limits, &slots, started, deadline)
+                        .deliver(request, url, limits, tls, &slots, started, deadline)
                         .await;
                     tracing::debug!(
                         outcome = delivery.outcome(),
@@ -214,6 +100,7 @@ impl Fanout {
         request: &PodRequest,
         url: Result<reqwest::Url, String>,
         limits: &Limits,
+        tls: Option<&PodTls>,
         slots: &Semaphore,
         started: Instant,
         deadline: Instant,
@@ -224,7 +111,7 @@ impl Fanout {
             let outcome = tokio::time::timeout_at(deadline, async {
                 let _slot = slots.acquire().await.expect("semaphore never closes");
                 attempts += 1;
-                self.attempt(request, &url, limits).await
+                self.attempt(request, &url, limits, tls).await
             })
             .await;
             let result = match outcome {
@@ -278,6 +165,7 @@ impl Fanout {
         request: &PodRequest,
         url: &Result<reqwest::Url, String>,
         limits: &Limits,
+        tls: Option<&PodTls>,
     ) -> Attempt {
         let url = match url {
             Ok(url) => url.clone(),
@@ -289,13 +177,16 @@ impl Fanout {
             let mut pod_request = reqwest::Request::new(request.method.clone(), url);
             *pod_request.headers_mut() = request.headers.clone();
             *pod_request.body_mut() = Some(request.body.clone().into());
-            let mut response = match &limits.tls {
+            let mut response = match tls {
                 None => self
                     .client
                     .execute(pod_request)
                     .await
                     .map_err(|error| classify(&error))?,
-                Some(tls) => tls.execute(pod_request).await?,
+                Some(tls) => tls
+                    .execute(pod_request)
+                    .await
+                    .map_err(|error| classify_tls(&error))?,
             };
             let status = response.status();
             let headers = std::mem::take(response.headers_mut());
@@ -452,9 +343,20 @@ fn classify(error: &reqwest::Error) -> DeliveryError {
     classify_chain(error, error.is_connect(), error.is_timeout())
 }
 
+/// Sorts an HTTPS client's error like [`classify`].
+fn classify_tls(error: &PodTlsError) -> DeliveryError {
+    match error {
+        PodTlsError::Address(detail) => DeliveryError {
+            kind: ErrorKind::Protocol,
+            detail: detail.clone(),
+        },
+        PodTlsError::Exchange(error) => classify_chain(error, error.is_connect(), false),
+    }
+}
+
 /// [`classify`] for any client's error, given whether it happened while
 /// connecting or timed out.
-pub(crate) fn classify_chain(
+fn classify_chain(
     error: &(dyn std::error::Error + 'static),
     connect: bool,
     timeout: bool,
@@ -496,6 +398,9 @@ pub(crate) fn classify_chain(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use bytes::Bytes;
+    use http::Method;
 
     #[test]
     fn pod_urls_match_parsing_each_url_whole() {

@@ -87,10 +87,11 @@ impl Admitted {
 impl Admission {
     /// The limits of a validated route.
     pub fn from_config(config: &RouteConfig) -> Self {
+        let table = &config.table;
         Self {
-            route: config.name.as_str().into(),
-            rate: config.rate_limit.map(RateLimiter::new),
-            running: config
+            route: table.name.as_str().into(),
+            rate: table.rate_limit.map(RateLimiter::new),
+            running: table
                 .max_concurrent
                 .map(|limit| (Arc::new(Semaphore::new(limit)), limit)),
         }

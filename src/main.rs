@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use broadcast_router::auth::Tokens;
-use broadcast_router::config::{Config, ConfigError, Problems, Protocol};
+use broadcast_receiver::{self as receiver, Forwarder, Receiver, ReceiverOptions, Sink};
+use broadcast_router::config::{Config, ConfigError};
 use broadcast_router::discovery::Discovery;
-use broadcast_router::plugin::Plugins;
-use broadcast_router::receiver::{self, Forwarder, Receiver, ReceiverOptions, Sink};
+use broadcast_router::load::Loaded;
 use broadcast_router::reload::{self, Reloader, Snapshot};
-use broadcast_router::route::{Route, TargetSource};
+use broadcast_router::route::Route;
 use broadcast_router::telemetry::{self, LogFormat};
 use broadcast_router::{demo, server};
 use clap::{Args, Parser, Subcommand};
@@ -97,7 +96,7 @@ struct ListenArgs {
     /// POST each payload to this http:// URL, with X-Broadcast-Id and
     /// X-Broadcast-Sequence headers, instead of printing it.
     #[arg(long, value_name = "URL")]
-    forward_to: Option<reqwest::Url>,
+    forward_to: Option<http::Uri>,
     /// How many broadcast ids to remember for dropping duplicates.
     #[arg(long, default_value = "4096")]
     window: NonZeroUsize,
@@ -212,92 +211,44 @@ async fn drain_on_signal(running: server::Running) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Validates the configuration and loads everything it names, exactly as
+/// `serve` and a reload would; prints a one-line summary, or every problem
+/// as `FILE:LINE:COL: message`.
 fn check(arg: &ConfigArg) -> ExitCode {
     let path = arg.config.display();
-    let loaded = Config::load(&arg.config).and_then(|config| {
-        // Loading the plugins checks them against the contract and runs
-        // their init with every route's config; token sets must be
-        // readable and hold usable tokens.
-        let mut problems = Vec::new();
-        if let Err(found) = Plugins::load(&config) {
-            problems.extend(found.0);
-        }
-        if let Err(found) = Tokens::load(&config) {
-            problems.extend(found.0);
-        }
-        if let Err(found) = broadcast_router::tls::TlsFiles::load(&config) {
-            problems.extend(found.0);
-        }
-        if problems.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigError::Invalid {
-                path: arg.config.display().to_string(),
-                problems: Problems(problems),
-            })
-        }
-    });
-    match loaded {
-        Ok(config) => {
-            let routes: Vec<String> = config
-                .routes
-                .iter()
-                .map(|route| {
-                    let compiled = Route::from_config(route);
-                    let to = match &compiled.source {
-                        TargetSource::Fixed(addrs) => format!("{} static targets", addrs.len()),
-                        TargetSource::Service { name, port } => format!("{name}:{port}"),
-                    };
-                    let judged = match compiled.protocol {
-                        Protocol::Http => format!("policy {}", route.policy),
-                        Protocol::Udp => format!("udp x{}", compiled.udp.repeat),
-                    };
-                    let chain = if route.plugins.is_empty() {
-                        String::new()
-                    } else {
-                        let names: Vec<&str> = route
-                            .plugins
-                            .iter()
-                            .map(|entry| entry.plugin.as_str())
-                            .collect();
-                        format!(", plugins {}", names.join(" > "))
-                    };
-                    format!(
-                        "{} ({} {} -> {to}, {judged}{chain})",
-                        route.name,
-                        route.methods.join("|"),
-                        route.path,
-                    )
-                })
-                .collect();
-            println!(
-                "{path}: ok, {} route(s): {}",
-                routes.len(),
-                routes.join("; ")
-            );
-            ExitCode::SUCCESS
-        }
-        Err(ConfigError::Invalid { problems, .. }) => {
-            for problem in &problems.0 {
-                eprintln!("{path}:{problem}");
+    let problems = match Config::load(&arg.config) {
+        Ok(config) => match Loaded::load(&config) {
+            Ok(loaded) => {
+                let routes: Vec<String> = loaded
+                    .endpoints
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                println!(
+                    "{path}: ok, {} route(s): {}",
+                    routes.len(),
+                    routes.join("; ")
+                );
+                return ExitCode::SUCCESS;
             }
-            eprintln!("{path}: {} problem(s) found", problems.0.len());
-            ExitCode::FAILURE
-        }
+            Err(problems) => problems,
+        },
+        Err(ConfigError::Invalid { problems, .. }) => problems,
         Err(error) => {
             eprintln!("{error}");
-            ExitCode::FAILURE
+            return ExitCode::FAILURE;
         }
+    };
+    for problem in &problems.0 {
+        eprintln!("{path}:{problem}");
     }
+    eprintln!("{path}: {} problem(s) found", problems.0.len());
+    ExitCode::FAILURE
 }
 
 async fn resolve(config: &Config, name: &str, service: Option<&str>) -> anyhow::Result<ExitCode> {
     let Some(route) = config.route(name) else {
-        let names: Vec<&str> = config
-            .routes
-            .iter()
-            .map(|route| route.name.as_str())
-            .collect();
+        let names: Vec<&str> = config.routes.iter().map(|route| route.name()).collect();
         bail!("no route named `{name}`; routes: {}", names.join(", "));
     };
     let route = Route::from_config(route);

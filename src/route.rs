@@ -1,27 +1,26 @@
-//! Routes compiled from configuration: for one matched request, which pods
-//! to ask (a static list, a headless Service, or a service name taken from
-//! the path and checked against the route's allow-list), which path they
-//! receive, and the limits of the broadcast.
+//! Routes compiled from validated configuration: for one matched request,
+//! which pods to ask (a static list, a headless Service, or a service name
+//! taken from the path and checked against the route's allow-list), which
+//! path they receive, and the limits of the broadcast.
+//!
+//! A [`Route`] is plain data, complete when built: building one copies the
+//! values validation already parsed and cannot fail. What is loaded for a
+//! route from files (its plugin chain, token guard, pod TLS client) is
+//! attached next to it by [`crate::load`].
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::http::{Method, Uri};
+use http::{Method, Uri};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
-use crate::aggregate::Policy;
-use crate::auth::Guard;
+pub use crate::config::route::SERVICE_PLACEHOLDER;
+use crate::config::route::valid_service_name;
 use crate::config::{Mode, Protocol, RouteConfig};
-use crate::fanout::Limits;
-use crate::fanout::udp::UdpSettings;
-use crate::limit::Admission;
-use crate::plugin::Chain;
+use crate::vocabulary::policy::Policy;
+use crate::vocabulary::target::TargetSource;
 
-/// The placeholder a templated `service` (and `upstream_path`) uses for the
-/// service name captured from the request path.
-pub const SERVICE_PLACEHOLDER: &str = "{service}";
-
-/// A configured route, ready to serve requests.
+/// A configured route's settings, typed.
 #[derive(Debug)]
 pub struct Route {
     /// The route's unique name.
@@ -44,12 +43,6 @@ pub struct Route {
     pub mode: Mode,
     /// Where finished reports are POSTed, and for how long that is retried.
     pub report_to: Option<ReportTo>,
-    /// The route's plugin chain (set when plugins are loaded).
-    pub plugins: Chain,
-    /// The token a request must carry (set when token sets are loaded).
-    pub auth: Guard,
-    /// Per-second and at-once limits on the route's broadcasts.
-    pub admission: Admission,
     /// Most pods one broadcast may go to; more are refused, not cut.
     pub max_targets: usize,
     upstream_path: Option<String>,
@@ -65,18 +58,32 @@ pub struct ReportTo {
     pub retry_for: std::time::Duration,
 }
 
-/// Where a route's pods come from.
+/// Per-broadcast delivery limits of an HTTP route.
 #[derive(Debug, Clone)]
-pub enum TargetSource {
-    /// A fixed list of addresses from `targets`.
-    Fixed(Arc<[SocketAddr]>),
-    /// A headless Service resolved through DNS.
-    Service {
-        /// The DNS name (possibly with `{service}` to fill in).
-        name: String,
-        /// The pods' port.
-        port: u16,
-    },
+pub struct Limits {
+    /// Timeout of one attempt to one pod (connect to end of body).
+    pub timeout: Duration,
+    /// Retries per pod after a retryable failure.
+    pub retries: u32,
+    /// Base delay of the exponential backoff.
+    pub retry_backoff: Duration,
+    /// Most attempts in flight at once.
+    pub concurrency: usize,
+    /// Budget of the whole broadcast.
+    pub deadline: Duration,
+    /// How much of each pod's body is kept for the answer.
+    pub max_pod_body_bytes: usize,
+}
+
+/// A UDP route's datagram settings.
+#[derive(Debug, Clone)]
+pub struct UdpSettings {
+    /// Copies per pod.
+    pub repeat: u8,
+    /// Pause between copies.
+    pub interval: Duration,
+    /// Largest datagram, header included.
+    pub max_datagram_bytes: usize,
 }
 
 /// Why a request's service name was refused (always a client problem).
@@ -95,68 +102,38 @@ pub enum ServiceRefused {
 }
 
 impl Route {
-    /// Compiles a validated route configuration.
+    /// The route of a validated configuration entry.
     pub fn from_config(config: &RouteConfig) -> Self {
-        let source = match (&config.service, &config.targets) {
-            (Some(service), _) => TargetSource::Service {
-                name: service.clone(),
-                port: config.port.unwrap_or(80),
-            },
-            (None, targets) => TargetSource::Fixed(
-                targets
-                    .iter()
-                    .flatten()
-                    .filter_map(|target| parse_static_target(target, config.port).ok())
-                    .collect(),
-            ),
-        };
+        let table = &config.table;
+        let udp = table.udp.clone().unwrap_or_default();
         Self {
-            name: config.name.as_str().into(),
-            path: config.path.clone(),
-            methods: config
-                .methods
-                .iter()
-                .filter_map(|method| Method::from_bytes(method.as_bytes()).ok())
-                .collect(),
-            source,
-            policy: config.policy,
+            name: table.name.as_str().into(),
+            path: table.path.clone(),
+            methods: config.methods.clone(),
+            source: config.source.clone(),
+            policy: table.policy,
             limits: Limits {
-                timeout: config.timeout,
-                retries: config.retries,
-                retry_backoff: config.retry_backoff,
-                concurrency: config.concurrency,
-                deadline: config.deadline,
-                max_pod_body_bytes: usize::try_from(config.max_pod_body_bytes.as_u64())
-                    .unwrap_or(usize::MAX),
-                tls: None,
+                timeout: table.timeout,
+                retries: table.retries,
+                retry_backoff: table.retry_backoff,
+                concurrency: table.concurrency,
+                deadline: table.deadline,
+                max_pod_body_bytes: saturating_usize(table.max_pod_body_bytes.as_u64()),
             },
-            protocol: config.protocol,
-            udp: {
-                let udp = config.udp.clone().unwrap_or_default();
-                UdpSettings {
-                    repeat: udp.repeat,
-                    interval: udp.interval,
-                    max_datagram_bytes: usize::try_from(udp.max_datagram_bytes.as_u64())
-                        .unwrap_or(usize::MAX),
-                }
+            protocol: table.protocol,
+            udp: UdpSettings {
+                repeat: udp.repeat,
+                interval: udp.interval,
+                max_datagram_bytes: saturating_usize(udp.max_datagram_bytes.as_u64()),
             },
-            mode: config.mode,
-            report_to: config.report_to.as_deref().and_then(|url| {
-                Some(ReportTo {
-                    url: reqwest::Url::parse(url).ok()?,
-                    retry_for: config.report_retry_for,
-                })
+            mode: table.mode,
+            report_to: config.report_to.clone().map(|url| ReportTo {
+                url,
+                retry_for: table.report_retry_for,
             }),
-            plugins: Chain::default(),
-            auth: Guard::default(),
-            admission: Admission::from_config(config),
-            max_targets: config.max_targets,
-            upstream_path: config.upstream_path.clone(),
-            allow_services: config
-                .allow_services
-                .iter()
-                .filter_map(|pattern| glob::Pattern::new(pattern).ok())
-                .collect(),
+            max_targets: table.max_targets,
+            upstream_path: table.upstream_path.clone(),
+            allow_services: config.allow_services.clone(),
         }
     }
 
@@ -286,37 +263,9 @@ fn is_service_label(label: &str) -> bool {
         && label != "localhost"
 }
 
-/// Whether `name` is a usable DNS name: lowercase labels separated by
-/// dots, optionally ending in a dot (which skips the search list).
-pub fn valid_service_name(name: &str) -> bool {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-/// Parses one `targets` entry: `"ip:port"`, `"[v6]:port"`, or a bare IP
-/// that takes the route's `port`.
-pub fn parse_static_target(text: &str, port: Option<u16>) -> Result<SocketAddr, String> {
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Ok(addr);
-    }
-    match (text.parse::<IpAddr>(), port) {
-        (Ok(ip), Some(port)) => Ok(SocketAddr::new(ip, port)),
-        (Ok(_), None) => Err(format!(
-            "target `{text}` has no port: write `{text}:PORT` or set the route's `port`"
-        )),
-        (Err(_), _) => Err(format!(
-            "target `{text}` is not an IP address with a port, such as \"10.0.0.7:8080\""
-        )),
-    }
+/// A byte size as `usize`, saturating on 32-bit targets.
+fn saturating_usize(bytes: u64) -> usize {
+    usize::try_from(bytes).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -353,11 +302,9 @@ mod tests {
 
     #[test]
     fn captured_values_cannot_rewrite_the_upstream_path() {
-        let config: RouteConfig = toml::from_str(
+        let route = compiled(
             "name = \"r\"\npath = \"/{service}/{*rest}\"\nupstream_path = \"/api/{rest}\"\ntargets = [\"127.0.0.2:80\"]",
-        )
-        .unwrap();
-        let route = Route::from_config(&config);
+        );
         let forward = |rest: &str, uri: &str| {
             let params = [("rest".to_owned(), rest.to_owned())];
             route.upstream_path_and_query(&uri.parse().unwrap(), &params)
@@ -376,27 +323,17 @@ mod tests {
         assert!(forward("../admin", "/web/x").is_err());
         assert!(forward("a/./b", "/web/x").is_err());
 
-        let plain: RouteConfig =
-            toml::from_str("name = \"p\"\npath = \"/x/{*rest}\"\ntargets = [\"127.0.0.2:80\"]")
-                .unwrap();
-        let plain = Route::from_config(&plain);
+        let plain = compiled("name = \"p\"\npath = \"/x/{*rest}\"\ntargets = [\"127.0.0.2:80\"]");
         let raw = |uri: &str| plain.upstream_path_and_query(&uri.parse().unwrap(), &[]);
         assert_eq!(raw("/x/a/b?q=1").unwrap(), "/x/a/b?q=1");
         assert!(raw("/x/../admin").is_err());
         assert!(raw("/x/%2e%2E/admin").is_err());
     }
 
-    #[test]
-    fn static_targets_take_the_route_port() {
-        assert_eq!(
-            parse_static_target("127.0.0.2", Some(8080)),
-            Ok("127.0.0.2:8080".parse().unwrap())
-        );
-        assert_eq!(
-            parse_static_target("[::1]:9000", None),
-            Ok("[::1]:9000".parse().unwrap())
-        );
-        assert!(parse_static_target("127.0.0.2", None).is_err());
-        assert!(parse_static_target("web:80", None).is_err());
+    /// The route of one validated `[[routes]]` table.
+    fn compiled(table: &str) -> Route {
+        let config = crate::config::Config::parse(&format!("[[routes]]\n{table}\n"))
+            .unwrap_or_else(|problems| panic!("{problems}"));
+        Route::from_config(&config.routes[0])
     }
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::http::Uri;
+use http::Uri;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -35,9 +35,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::config::{Config, Problems, RouteConfig, Scheme, ServerTlsConfig};
-use crate::fanout::{DeliveryError, ErrorKind};
-use crate::route::SERVICE_PLACEHOLDER;
+use crate::config::route::SERVICE_PLACEHOLDER;
+use crate::config::{Config, Problems, RouteTable, Scheme, ServerTlsConfig};
 
 /// The trust roots of `scheme = "https"` routes without a `ca_file`.
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
@@ -75,7 +74,7 @@ impl TlsFiles {
         };
         let mut clients: HashMap<(PathBuf, Option<String>), PodTls> = HashMap::new();
         let mut routes = HashMap::new();
-        for route in &config.routes {
+        for route in config.routes.iter().map(|route| &route.table) {
             if route.scheme != Scheme::Https {
                 continue;
             }
@@ -126,7 +125,7 @@ pub fn files(config: &Config) -> Vec<(String, PathBuf)> {
             files.push(("server.tls.client_ca".to_owned(), client_ca.clone()));
         }
     }
-    for route in &config.routes {
+    for route in config.routes.iter().map(|route| &route.table) {
         if let Some(ca_file) = &route.ca_file {
             files.push((format!("routes.{}.ca_file", route.name), ca_file.clone()));
         }
@@ -137,7 +136,7 @@ pub fn files(config: &Config) -> Vec<(String, PathBuf)> {
 /// The name pod certificates of `route` are verified against: its
 /// `server_name`, else its (untemplated) Service name; `None` means each
 /// pod's IP address.
-fn server_name(route: &RouteConfig) -> Option<String> {
+fn server_name(route: &RouteTable) -> Option<String> {
     route.server_name.clone().or_else(|| {
         route
             .service
@@ -270,27 +269,33 @@ impl PodTls {
     pub async fn execute(
         &self,
         request: reqwest::Request,
-    ) -> Result<reqwest::Response, DeliveryError> {
+    ) -> Result<reqwest::Response, PodTlsError> {
         let mut url = request.url().clone();
         let _ = url.set_scheme("https");
-        let uri = Uri::try_from(url.as_str()).map_err(|error| DeliveryError {
-            kind: ErrorKind::Protocol,
-            detail: format!("cannot address {url}: {error}"),
-        })?;
-        let mut request =
-            axum::http::Request::<reqwest::Body>::try_from(request).map_err(|error| {
-                DeliveryError {
-                    kind: ErrorKind::Protocol,
-                    detail: error.to_string(),
-                }
-            })?;
+        let uri = Uri::try_from(url.as_str())
+            .map_err(|error| PodTlsError::Address(format!("cannot address {url}: {error}")))?;
+        let mut request = http::Request::<reqwest::Body>::try_from(request)
+            .map_err(|error| PodTlsError::Address(error.to_string()))?;
         *request.uri_mut() = uri;
-        let response =
-            self.client.request(request).await.map_err(|error| {
-                crate::fanout::classify_chain(&error, error.is_connect(), false)
-            })?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(PodTlsError::Exchange)?;
         Ok(reqwest::Response::from(response.map(reqwest::Body::wrap)))
     }
+}
+
+/// Why a request to a pod over TLS failed (fan-out sorts it into a
+/// delivery error kind).
+#[derive(Debug, thiserror::Error)]
+pub enum PodTlsError {
+    /// The request cannot be addressed to the pod.
+    #[error("{0}")]
+    Address(String),
+    /// Connecting, the handshake or the exchange failed.
+    #[error(transparent)]
+    Exchange(hyper_util::client::legacy::Error),
 }
 
 /// Connects to a pod's IP and port and does the TLS handshake.
@@ -414,7 +419,11 @@ mod tests {
     fn the_service_name_is_the_default_server_name() {
         let text = "[[routes]]\nname = \"a\"\npath = \"/a\"\nservice = \"web.default.svc.cluster.local\"\nport = 8443\nscheme = \"https\"\n\n[[routes]]\nname = \"b\"\npath = \"/b\"\ntargets = [\"127.0.0.1:1\"]\nscheme = \"https\"\n\n[[routes]]\nname = \"c\"\npath = \"/c\"\ntargets = [\"127.0.0.1:1\"]\nscheme = \"https\"\nserver_name = \"pods.example\"\n";
         let config = Config::parse(text).unwrap();
-        let names: Vec<_> = config.routes.iter().map(server_name).collect();
+        let names: Vec<_> = config
+            .routes
+            .iter()
+            .map(|route| server_name(&route.table))
+            .collect();
         assert_eq!(
             names,
             [

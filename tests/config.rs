@@ -244,9 +244,9 @@ fn every_example_config_passes_check() {
         );
         for route in &config.routes {
             assert!(
-                summary.contains(&format!("{} (", route.name)),
+                summary.contains(&format!("{} (", route.name())),
                 "the summary lacks route {}: {summary}",
-                route.name
+                route.name()
             );
         }
     }

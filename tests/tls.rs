@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use broadcast_router::config::Config;
 use broadcast_router::reload::{Outcome, Reloader, Snapshot, Trigger};
-use broadcast_router::server::{self, StartError};
+use broadcast_router::server::{self, BuildError, StartError};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use reqwest::StatusCode;
@@ -424,7 +424,7 @@ async fn tls_problems_are_reported_with_their_location() {
         )
     );
     let config = Config::parse(&text).unwrap();
-    let Err(StartError::Tls(problems)) = server::start(&config).await else {
+    let Err(StartError::Build(BuildError::Load(problems))) = server::start(&config).await else {
         panic!("the router started with unusable TLS files");
     };
     let problems = problems.to_string();

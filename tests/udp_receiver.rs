@@ -215,7 +215,7 @@ struct Hook {
 
 impl Hook {
     /// Serves the hook on 127.0.0.1; returns its URL.
-    async fn start(&self) -> reqwest::Url {
+    async fn start(&self) -> axum::http::Uri {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app = axum::Router::new()
@@ -338,7 +338,12 @@ async fn forwarding_gives_up_without_panicking() {
     // A 4xx other than 408 and 429 is final: no retry.
     let hook = Hook::default();
     let url = hook.start().await;
-    let wrong_path = url.join("/elsewhere").unwrap();
+    let wrong_path: axum::http::Uri = format!(
+        "http://{}/elsewhere",
+        url.authority().expect("the hook's URL has an address")
+    )
+    .parse()
+    .unwrap();
     let forwarder = Forwarder::new(wrong_path)
         .unwrap()
         .retries(3, Duration::from_millis(10));

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::fanout::headers::BROADCAST_ID;
+use crate::vocabulary::headers::BROADCAST_ID;
 use crate::route::ReportTo;
 use crate::telemetry;
 

@@ -8,7 +8,8 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    Config, Location, PluginConfig, Problem, Problems, RouteConfig, TokenSetConfig, validate,
+    Config, Location, PluginConfig, Problem, Problems, RouteTable, ServerConfig, TokenSetConfig,
+    validate,
 };
 
 /// Parses `text` section by section, then validates the result.
@@ -25,11 +26,12 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
     }
 
     let mut config = Config::default();
+    let mut tables = Vec::new();
     let mut route_values = Vec::new();
     for (key, value) in document.get_ref().iter() {
         match key.get_ref().as_ref() {
             "server" => {
-                if let Some(mut server) = sink.deserialize::<super::ServerConfig>(value) {
+                if let Some(mut server) = sink.deserialize::<ServerConfig>(value) {
                     if let Some(tls) = server.tls.as_mut() {
                         let span = field(value, "tls").unwrap_or_else(|| value.span());
                         tls.location = sink.location(span.start);
@@ -73,14 +75,14 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
             "routes" => match value.get_ref() {
                 DeValue::Array(routes) => {
                     for (position, route) in routes.iter().enumerate() {
-                        if let Some(mut parsed) = sink.deserialize::<RouteConfig>(route) {
+                        if let Some(mut parsed) = sink.deserialize::<RouteTable>(route) {
                             let span = field(route, "ca_file").unwrap_or_else(|| route.span());
                             parsed.location = sink.location(span.start);
                             for (item, plugin) in parsed.plugins.iter_mut().enumerate() {
                                 let span = route_item_span(route, "plugins", item);
                                 plugin.location = sink.location(span.start);
                             }
-                            config.routes.push(parsed);
+                            tables.push(parsed);
                             route_values.push((position, route));
                         }
                     }
@@ -103,7 +105,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
         root: document.get_ref(),
         routes: route_values,
     };
-    validate::validate(&config, &spans, &mut sink);
+    config.routes = validate::validate(&config, tables, &spans, &mut sink);
     if sink.is_empty() {
         Ok(config)
     } else {
@@ -115,7 +117,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
 pub(super) struct Spans<'a> {
     root: &'a DeTable<'a>,
     /// The position in the file and TOML value of each successfully parsed
-    /// route, in `Config::routes` order.
+    /// route, in the order of the route tables.
     routes: Vec<(usize, &'a Spanned<DeValue<'a>>)>,
 }
 

@@ -6,10 +6,15 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use axum::http::Method;
+use http::Method;
 
 use super::load::{Sink, Spans};
-use super::{Config, Mode, Protocol, RouteConfig, Scheme};
+use super::route::{
+    RouteConfig, RouteTable, SERVICE_PLACEHOLDER, parse_static_target, valid_service_name,
+};
+use super::{Config, Mode, Protocol, Scheme};
+use crate::vocabulary::policy::{Policy, Quorum};
+use crate::vocabulary::target::TargetSource;
 
 /// Largest datagram that crosses a 1500-byte MTU unfragmented (IPv4).
 const SAFE_DATAGRAM: u64 = 1472;
@@ -17,10 +22,16 @@ const SAFE_DATAGRAM: u64 = 1472;
 const MAX_UDP_PAYLOAD: u64 = 65507;
 /// Smallest useful datagram limit (header plus a long id).
 const MIN_DATAGRAM: u64 = 256;
-use crate::aggregate::{Policy, Quorum};
-use crate::route::{SERVICE_PLACEHOLDER, parse_static_target, valid_service_name};
 
-pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) {
+/// Checks `config`'s tables and each route table, and parses every route
+/// into its typed [`RouteConfig`]. A route whose values cannot all be
+/// parsed has at least one problem recorded and yields nothing.
+pub(super) fn validate(
+    config: &Config,
+    tables: Vec<RouteTable>,
+    spans: &Spans<'_>,
+    sink: &mut Sink<'_>,
+) -> Vec<RouteConfig> {
     if config.server.listen == config.server.admin_listen && config.server.listen.port() != 0 {
         sink.push(
             spans.section("server", "admin_listen"),
@@ -120,24 +131,38 @@ pub(super) fn validate(config: &Config, spans: &Spans<'_>, sink: &mut Sink<'_>) 
 
     let mut names = HashMap::new();
     let mut paths = PathTable::default();
-    for (index, route) in config.routes.iter().enumerate() {
+    let mut routes = Vec::with_capacity(tables.len());
+    for (index, route) in tables.into_iter().enumerate() {
         let mut check = RouteCheck {
             index,
-            route,
+            route: &route,
             spans,
             sink: &mut *sink,
         };
         check.name(&mut names);
         let methods = check.methods();
-        check.path(&mut paths, &methods);
-        check.targets();
+        check.path(&mut paths, methods.as_deref());
+        let source = check.targets();
+        let allow_services = check.allow_services();
         check.upstream_path();
         check.limits();
-        check.delivery();
+        let report_to = check.delivery();
         check.plugins(&config.plugins);
-        check.admission(config);
+        check.admission(config, source.as_ref());
         check.scheme();
+        if let (Some(methods), Some(source), Some(allow_services), Some(report_to)) =
+            (methods, source, allow_services, report_to)
+        {
+            routes.push(RouteConfig {
+                table: route,
+                methods,
+                source,
+                allow_services,
+                report_to,
+            });
+        }
     }
+    routes
 }
 
 fn unknown_token_set(name: &str, config: &Config) -> String {
@@ -161,7 +186,7 @@ struct PathTable {
 
 struct RouteCheck<'a, 's, 't> {
     index: usize,
-    route: &'a RouteConfig,
+    route: &'a RouteTable,
     spans: &'a Spans<'s>,
     sink: &'a mut Sink<'t>,
 }
@@ -197,10 +222,13 @@ impl RouteCheck<'_, '_, '_> {
         }
     }
 
-    fn methods(&mut self) -> HashSet<Method> {
-        let mut methods = HashSet::new();
+    /// The route's methods, parsed (`None` after a problem).
+    fn methods(&mut self) -> Option<Vec<Method>> {
+        let mut methods = Vec::new();
+        let mut valid = true;
         if self.route.methods.is_empty() {
             self.problem("methods", "`methods` must name at least one HTTP method");
+            valid = false;
         }
         for (item, name) in self.route.methods.iter().enumerate() {
             let upper = name.to_ascii_uppercase();
@@ -208,23 +236,31 @@ impl RouteCheck<'_, '_, '_> {
                 upper.as_str(),
                 "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
             );
-            if known && *name == upper {
-                methods.insert(Method::from_bytes(upper.as_bytes()).expect("known method"));
-            } else {
-                let span = self.spans.route_item(self.index, "methods", item);
-                self.sink.push(
-                    span,
-                    format!(
-                        "route \"{}\": `{name}` is not a supported method; use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS",
-                        self.route.name
-                    ),
-                );
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(method) if known && *name == upper => {
+                    if !methods.contains(&method) {
+                        methods.push(method);
+                    }
+                }
+                _ => {
+                    valid = false;
+                    let span = self.spans.route_item(self.index, "methods", item);
+                    self.sink.push(
+                        span,
+                        format!(
+                            "route \"{}\": `{name}` is not a supported method; use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS",
+                            self.route.name
+                        ),
+                    );
+                }
             }
         }
-        methods
+        valid.then_some(methods)
     }
 
-    fn path(&mut self, table: &mut PathTable, methods: &HashSet<Method>) {
+    fn path(&mut self, table: &mut PathTable, methods: Option<&[Method]>) {
+        let methods: HashSet<Method> = methods.unwrap_or_default().iter().cloned().collect();
+        let methods = &methods;
         let path = &self.route.path;
         if !path.starts_with('/') {
             self.problem("path", format!("`path` must start with `/`, got `{path}`"));
@@ -268,24 +304,27 @@ impl RouteCheck<'_, '_, '_> {
         }
     }
 
-    fn targets(&mut self) {
+    /// Where the route's pods come from, parsed (`None` after a problem).
+    fn targets(&mut self) -> Option<TargetSource> {
         let route = self.route;
-        match (&route.service, &route.targets) {
+        let source = match (&route.service, &route.targets) {
             (Some(_), Some(_)) => {
                 self.problem(
                     "targets",
                     "`service` and `targets` are exclusive; use one or the other",
                 );
+                None
             }
             (None, None) => {
                 self.problem(
                     "name",
                     "the route has no pods: set `service` (a headless Service) or `targets` (a static list)",
                 );
+                None
             }
             (Some(service), None) => self.service(service),
             (None, Some(targets)) => self.static_targets(targets),
-        }
+        };
         let templated = route
             .service
             .as_deref()
@@ -296,15 +335,18 @@ impl RouteCheck<'_, '_, '_> {
                 "`allow_services` only applies to a templated `service` containing `{service}`",
             );
         }
+        source
     }
 
-    fn service(&mut self, service: &str) {
+    fn service(&mut self, service: &str) -> Option<TargetSource> {
         let route = self.route;
+        let mut valid = true;
         if route.port.is_none() {
             self.problem(
                 "service",
                 "a `service` route needs `port`, the port the pods listen on",
             );
+            valid = false;
         }
         let templated = service.contains(SERVICE_PLACEHOLDER);
         let sample = service.replace(SERVICE_PLACEHOLDER, "sample");
@@ -315,48 +357,72 @@ impl RouteCheck<'_, '_, '_> {
                     "`{service}` is not a DNS name (lowercase labels of letters, digits and `-`, separated by dots)"
                 ),
             );
+            valid = false;
         }
-        if !templated {
-            return;
-        }
-        if !route.path.contains(SERVICE_PLACEHOLDER) {
-            self.problem(
-                "service",
-                "a templated `service` needs a `{service}` capture in `path`, e.g. path = \"/{service}/{*rest}\"",
-            );
-        }
-        if route.allow_services.is_empty() {
-            self.problem(
-                "service",
-                "a templated `service` needs `allow_services`; without it the router is an open proxy into the cluster",
-            );
-        }
-        for (item, pattern) in route.allow_services.iter().enumerate() {
-            if let Err(error) = glob::Pattern::new(pattern) {
-                let span = self.spans.route_item(self.index, "allow_services", item);
-                self.sink.push(
-                    span,
-                    format!(
-                        "route \"{}\": `{pattern}` is not a valid glob: {error}",
-                        route.name
-                    ),
+        if templated {
+            if !route.path.contains(SERVICE_PLACEHOLDER) {
+                self.problem(
+                    "service",
+                    "a templated `service` needs a `{service}` capture in `path`, e.g. path = \"/{service}/{*rest}\"",
+                );
+            }
+            if route.allow_services.is_empty() {
+                self.problem(
+                    "service",
+                    "a templated `service` needs `allow_services`; without it the router is an open proxy into the cluster",
                 );
             }
         }
+        let port = route.port?;
+        valid.then(|| TargetSource::Service {
+            name: service.to_owned(),
+            port,
+        })
     }
 
-    fn static_targets(&mut self, targets: &[String]) {
+    /// A templated service's allow-list, compiled (`None` after a problem).
+    fn allow_services(&mut self) -> Option<Vec<glob::Pattern>> {
+        let route = self.route;
+        let mut patterns = Vec::with_capacity(route.allow_services.len());
+        let mut valid = true;
+        for (item, pattern) in route.allow_services.iter().enumerate() {
+            match glob::Pattern::new(pattern) {
+                Ok(compiled) => patterns.push(compiled),
+                Err(error) => {
+                    valid = false;
+                    let span = self.spans.route_item(self.index, "allow_services", item);
+                    self.sink.push(
+                        span,
+                        format!(
+                            "route \"{}\": `{pattern}` is not a valid glob: {error}",
+                            route.name
+                        ),
+                    );
+                }
+            }
+        }
+        valid.then_some(patterns)
+    }
+
+    fn static_targets(&mut self, targets: &[String]) -> Option<TargetSource> {
+        let mut valid = true;
         if targets.is_empty() {
             self.problem("targets", "`targets` must list at least one pod");
+            valid = false;
         }
         let mut seen = HashSet::new();
+        let mut addrs = Vec::with_capacity(targets.len());
         for (item, target) in targets.iter().enumerate() {
             let problem = match parse_static_target(target, self.route.port) {
                 Ok(addr) if !seen.insert(addr) => Some(format!("`{target}` is listed twice")),
-                Ok(_) => None,
+                Ok(addr) => {
+                    addrs.push(addr);
+                    None
+                }
                 Err(message) => Some(message),
             };
             if let Some(message) = problem {
+                valid = false;
                 let span = self.spans.route_item(self.index, "targets", item);
                 self.sink
                     .push(span, format!("route \"{}\": {message}", self.route.name));
@@ -374,6 +440,7 @@ impl RouteCheck<'_, '_, '_> {
                 ),
             );
         }
+        valid.then(|| TargetSource::Fixed(addrs.into()))
     }
 
     fn upstream_path(&mut self) {
@@ -406,7 +473,9 @@ impl RouteCheck<'_, '_, '_> {
         }
     }
 
-    fn delivery(&mut self) {
+    /// Protocol settings; returns `report_to`, parsed (`None` after a
+    /// problem with it).
+    fn delivery(&mut self) -> Option<Option<reqwest::Url>> {
         let route = self.route;
         match route.protocol {
             Protocol::Http => {
@@ -470,17 +539,26 @@ impl RouteCheck<'_, '_, '_> {
                 }
             }
         }
-        if let Some(url) = &route.report_to {
-            match reqwest::Url::parse(url) {
-                Ok(parsed) if parsed.scheme() == "http" && parsed.host().is_some() => {}
-                Ok(_) => self.problem(
+        let Some(url) = &route.report_to else {
+            return Some(None);
+        };
+        match reqwest::Url::parse(url) {
+            Ok(parsed) if parsed.scheme() == "http" && parsed.host().is_some() => {
+                Some(Some(parsed))
+            }
+            Ok(_) => {
+                self.problem(
                     "report_to",
                     format!("`report_to` must be an http:// URL with a host, got `{url}`"),
-                ),
-                Err(error) => self.problem(
+                );
+                None
+            }
+            Err(error) => {
+                self.problem(
                     "report_to",
                     format!("`report_to` `{url}` is not a URL: {error}"),
-                ),
+                );
+                None
             }
         }
     }
@@ -505,7 +583,7 @@ impl RouteCheck<'_, '_, '_> {
     }
 
     /// Authentication and the limits on how much a client may ask for.
-    fn admission(&mut self, config: &Config) {
+    fn admission(&mut self, config: &Config, source: Option<&TargetSource>) {
         let route = self.route;
         for name in &route.auth {
             if !config.tokens.contains_key(name) {
@@ -526,12 +604,8 @@ impl RouteCheck<'_, '_, '_> {
         if route.max_targets == 0 {
             self.problem("max_targets", "`max_targets` must be at least 1");
         }
-        if let Some(Ok(targets)) = route.targets.as_ref().map(|targets| {
-            targets
-                .iter()
-                .map(|target| parse_static_target(target, route.port))
-                .collect::<Result<Vec<_>, _>>()
-        }) && targets.len() > route.max_targets
+        if let Some(TargetSource::Fixed(targets)) = source
+            && targets.len() > route.max_targets
         {
             self.problem(
                 "targets",

@@ -3,48 +3,13 @@
 
 use std::net::IpAddr;
 
-use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// The header carrying the broadcast id, to clients and to every pod.
-pub const BROADCAST_ID: HeaderName = HeaderName::from_static("x-broadcast-id");
-/// Answer header: how many pods the broadcast went to.
-pub const BROADCAST_TARGETS: HeaderName = HeaderName::from_static("x-broadcast-targets");
-/// Answer header: how many pods answered 2xx.
-pub const BROADCAST_SUCCEEDED: HeaderName = HeaderName::from_static("x-broadcast-succeeded");
+use crate::vocabulary::headers::{BROADCAST_ID, TRACEPARENT, is_dropped_when_forwarding};
 
-const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-/// The pseudonym the router adds to `Via` on every forwarded request, and
-/// refuses to see on an incoming one.
-const VIA_PSEUDONYM: &str = "broadcast-router";
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1),
-/// plus those the client library recomputes per pod.
-const NOT_FORWARDED: [&str; 12] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",
-];
-
-/// Whether `id` is acceptable as a client-chosen broadcast id: 1 to 128
-/// characters of letters, digits and `-_.:`.
-pub fn valid_broadcast_id(id: &str) -> bool {
-    (1..=128).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
 
 /// Builds the headers sent to every pod of a broadcast.
 pub fn forwarded(incoming: &HeaderMap, client: IpAddr, broadcast_id: &str) -> HeaderMap {
@@ -58,7 +23,7 @@ pub fn forwarded(incoming: &HeaderMap, client: IpAddr, broadcast_id: &str) -> He
     let mut headers = HeaderMap::with_capacity(incoming.len() + 5);
     for (name, value) in incoming {
         let name_str = name.as_str();
-        let skip = NOT_FORWARDED.contains(&name_str)
+        let skip = is_dropped_when_forwarding(name)
             || listed_in_connection.iter().any(|listed| listed == name_str)
             || *name == BROADCAST_ID
             || *name == TRACEPARENT
@@ -104,22 +69,6 @@ pub fn forwarded(incoming: &HeaderMap, client: IpAddr, broadcast_id: &str) -> He
         HeaderValue::from_static("1.1 broadcast-router"),
     );
     headers
-}
-
-/// Whether a request already passed through a broadcast router: its `Via`
-/// names the router's pseudonym. Such a request is refused, so a route
-/// that (by mistake) targets the router's own pods cannot loop.
-pub fn has_looped(incoming: &HeaderMap) -> bool {
-    incoming
-        .get_all(header::VIA)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .any(|hop| {
-            hop.split_whitespace()
-                .nth(1)
-                .is_some_and(|pseudonym| pseudonym.eq_ignore_ascii_case(VIA_PSEUDONYM))
-        })
 }
 
 /// A `traceparent` for the router's hop: the client's trace id and flags
@@ -201,13 +150,5 @@ mod tests {
         let fresh = child_traceparent(Some("garbage"));
         assert!(parse_traceparent(&fresh).is_some());
         assert!(!fresh.contains("4bf92f"));
-    }
-
-    #[test]
-    fn broadcast_ids_are_restricted_to_safe_characters() {
-        assert!(valid_broadcast_id("0b7c6a1e-2f4d-4a4b-9a51-1c2d3e4f5a6b"));
-        assert!(!valid_broadcast_id(""));
-        assert!(!valid_broadcast_id("has space"));
-        assert!(!valid_broadcast_id(&"x".repeat(129)));
     }
 }

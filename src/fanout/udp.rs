@@ -2,31 +2,45 @@
 //! `repeat` times `interval` apart so that losing some copies is survived.
 //!
 //! Every copy carries the same broadcast id and sequence number in its
-//! header (see [`crate::frame`]), so receivers drop the duplicates. UDP has
+//! header (see [`broadcast_receiver::frame`]), so receivers drop the duplicates. UDP has
 //! no acknowledgement: a datagram counted as sent left this host, nothing
 //! more.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::Duration;
 
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::OnceCell;
 
-use crate::discovery::Target;
-use crate::frame;
+use broadcast_receiver::frame;
+use crate::route::UdpSettings;
+use crate::vocabulary::target::Target;
 
-/// A UDP route's datagram settings.
-#[derive(Debug, Clone)]
-pub struct UdpSettings {
-    /// Copies per pod.
+/// The answer document of a UDP broadcast (HTTP 202: datagrams were sent;
+/// UDP has no acknowledgement, so nothing is known about their arrival).
+#[derive(Debug, Clone, Serialize)]
+pub struct UdpReport {
+    /// The broadcast id, carried in every datagram's header.
+    pub id: String,
+    /// The route's name.
+    pub route: String,
+    /// Always `"udp"`.
+    pub protocol: &'static str,
+    /// The sequence number carried in every datagram's header.
+    pub sequence: u64,
+    /// Whether every copy to every pod was handed to the network.
+    pub ok: bool,
+    /// How many pods the datagrams went to.
+    pub targets: usize,
+    /// Copies sent to each pod.
     pub repeat: u8,
-    /// Pause between copies.
-    pub interval: Duration,
-    /// Largest datagram, header included.
-    pub max_datagram_bytes: usize,
+    /// The size of each datagram, header included.
+    pub datagram_bytes: usize,
+    /// One entry per pod, in target order.
+    pub results: Vec<UdpDelivery>,
 }
+
 
 /// What was sent to one pod.
 #[derive(Debug, Clone, Serialize)]

@@ -9,11 +9,13 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
-use crate::discovery;
-use crate::fanout::{Delivery, ErrorKind as DeliveryErrorKind, PodRequest};
+use crate::aggregate::PluginVerdict;
+use crate::vocabulary::delivery::{Delivery, ErrorKind as DeliveryErrorKind, PodRequest};
+use crate::vocabulary::headers::is_router_owned;
+use crate::vocabulary::target::Target as Pod;
 
 /// The generated bindings; their documentation is the WIT file's.
 ///
@@ -148,7 +150,7 @@ impl<'a> LentHeaders<'a> {
 
 /// A discovered pod lent to a hook call; `address` is its IP address as
 /// [`address`] writes it.
-pub(crate) fn target<'a>(target: &'a discovery::Target, address: &'a str) -> generated::Target<'a> {
+pub(crate) fn target<'a>(target: &'a Pod, address: &'a str) -> generated::Target<'a> {
     generated::Target {
         address,
         port: target.addr.port(),
@@ -211,28 +213,14 @@ pub(crate) fn outcome<'a>(
     }
 }
 
-/// Headers the router owns, which a patch may neither set nor remove: the
-/// framing and connection headers it computes for each pod (a plugin's
-/// `content-length` would cut or stall the body, its `host` would send a
-/// proxy elsewhere), the broadcast id receivers drop duplicates by, and the
-/// `Via` marker loop protection relies on.
-pub const ROUTER_OWNED_HEADERS: [&str; 12] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-    "expect",
-    "x-broadcast-id",
-    "via",
-];
-
+/// Refuses a patch of a header the router owns (see
+/// [`crate::vocabulary::headers`]): the framing and connection headers it
+/// computes for each pod (a plugin's `content-length` would cut or stall
+/// the body, its `host` would send a proxy elsewhere), the broadcast id
+/// receivers drop duplicates by, and the `Via` marker loop protection
+/// relies on.
 fn router_owned(name: &HeaderName) -> Result<(), String> {
-    if ROUTER_OWNED_HEADERS.contains(&name.as_str()) {
+    if is_router_owned(name) {
         Err(format!(
             "header {name} is set by the router; a plugin may not set or remove it"
         ))
@@ -270,7 +258,7 @@ pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRe
         Some(path) => {
             let valid = path.starts_with('/')
                 && path
-                    .parse::<axum::http::uri::PathAndQuery>()
+                    .parse::<http::uri::PathAndQuery>()
                     .is_ok_and(|parsed| parsed.as_str() == path);
             if !valid {
                 return Err(format!("path {path:?} is not a valid path and query"));
@@ -287,21 +275,8 @@ pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRe
     }))
 }
 
-/// A plugin's verdict, checked: what the router answers with.
-#[derive(Debug, Clone)]
-pub struct CheckedVerdict {
-    /// Whether the broadcast succeeded.
-    pub ok: bool,
-    /// The answer's status.
-    pub status: StatusCode,
-    /// The answer's content type.
-    pub content_type: HeaderValue,
-    /// The answer's body.
-    pub body: Bytes,
-}
-
 /// Checks a verdict's status and content type.
-pub fn check_verdict(verdict: Verdict) -> Result<CheckedVerdict, String> {
+pub fn check_verdict(verdict: Verdict) -> Result<PluginVerdict, String> {
     let status = StatusCode::from_u16(verdict.status)
         .ok()
         .filter(|status| (200..=599).contains(&status.as_u16()))
@@ -311,7 +286,7 @@ pub fn check_verdict(verdict: Verdict) -> Result<CheckedVerdict, String> {
             .map_err(|_| format!("content type {content_type:?} is not a valid header value"))?,
         None => HeaderValue::from_static("application/json"),
     };
-    Ok(CheckedVerdict {
+    Ok(PluginVerdict {
         ok: verdict.ok,
         status,
         content_type,
@@ -323,7 +298,7 @@ pub fn check_verdict(verdict: Verdict) -> Result<CheckedVerdict, String> {
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-    use axum::http::{HeaderMap, HeaderValue};
+    use http::{HeaderMap, HeaderValue};
 
     use super::LentHeaders;
 

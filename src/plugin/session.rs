@@ -12,12 +12,15 @@ use std::sync::Arc;
 use tokio::time::Instant;
 use wasmtime::Store;
 
-use super::bindings::{self, CheckedVerdict, Hooks, LentHeaders, RequestHead};
-use super::{HostState, Link, ticks};
+use super::Link;
+use super::bindings::{self, Hooks, LentHeaders, RequestHead};
+use super::host::{HostState, ticks};
+use crate::aggregate::PluginVerdict;
 use crate::config::OnError;
-use crate::discovery::Target;
-use crate::fanout::{Delivery, PodRequest};
 use crate::telemetry;
+use crate::vocabulary::blame::Blame;
+use crate::vocabulary::delivery::{Delivery, PodRequest};
+use crate::vocabulary::target::Target;
 
 /// A plugin failed and its policy is `fail-closed`: the broadcast answers
 /// 502 with this message.
@@ -34,6 +37,13 @@ pub struct PluginFailure {
     pub hook: &'static str,
     /// What happened.
     pub cause: Cause,
+}
+
+impl PluginFailure {
+    /// Who is to blame: the plugin.
+    pub fn blame(&self) -> Blame {
+        Blame::Plugin
+    }
 }
 
 /// Why a plugin call failed.
@@ -238,7 +248,7 @@ impl Session {
         head: &RequestHead,
         targets: &[Target],
         outcomes: &[Option<Delivery>],
-    ) -> Result<Option<CheckedVerdict>, PluginFailure> {
+    ) -> Result<Option<PluginVerdict>, PluginFailure> {
         let Some(index) = self
             .members
             .iter()

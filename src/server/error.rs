@@ -1,5 +1,6 @@
-//! Errors answered to clients: each says who failed (the client, DNS, the
-//! configuration) with a clear message; details stay in the log.
+//! Errors answered to clients: each says who failed ([`Blame`]: the
+//! client, a plugin, DNS, the configuration, the router) with a clear
+//! message, in the answer's `error` and `source`; details stay in the log.
 
 use axum::Json;
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
@@ -7,12 +8,12 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::Denied;
-use crate::broadcast::StartError;
+use crate::broadcast::NotStarted;
 use crate::discovery::DiscoveryError;
-use crate::fanout::headers::BROADCAST_ID;
 use crate::limit::Refused;
-use crate::plugin::PluginFailure;
 use crate::route::{ServiceRefused, UnsafePath};
+use crate::vocabulary::blame::Blame;
+use crate::vocabulary::headers::BROADCAST_ID;
 
 /// Why a request was answered without a broadcast.
 #[derive(Debug, thiserror::Error)]
@@ -29,31 +30,15 @@ pub enum ApiError {
         /// The configured limit.
         limit: usize,
     },
-    /// A UDP route's datagram would exceed `max_datagram_bytes`.
-    #[error(
-        "the datagram would be {size} bytes (header included), above the route's limit of {limit}; nothing was sent"
-    )]
-    DatagramTooLarge {
-        /// Header plus payload.
-        size: usize,
-        /// The route's `udp.max_datagram_bytes`.
-        limit: usize,
-    },
     /// A captured path value would climb out of `upstream_path`.
     #[error(transparent)]
     UnsafePath(#[from] UnsafePath),
     /// The body could not be read from the client.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
-    /// No pods to deliver to.
+    /// The broadcast could not start; nothing was sent.
     #[error(transparent)]
-    Discovery(#[from] DiscoveryError),
-    /// A plugin failed closed before anything was sent.
-    #[error(transparent)]
-    Plugin(#[from] PluginFailure),
-    /// The plugins selected none of the pods.
-    #[error("{0}")]
-    NoneSelected(String),
+    NotStarted(#[from] NotStarted),
     /// No route has this path.
     #[error("no broadcast route matches this path")]
     NoRoute,
@@ -70,9 +55,6 @@ pub enum ApiError {
     /// A rate, concurrency or delivery limit was hit (429).
     #[error(transparent)]
     Refused(#[from] Refused),
-    /// Discovery found more pods than the route's `max_targets`.
-    #[error("{0}")]
-    TooManyTargets(String),
     /// The client took longer than `client_timeout` to send the body.
     #[error("the request body did not arrive within {0:?}")]
     ClientTimeout(std::time::Duration),
@@ -90,15 +72,29 @@ impl ApiError {
             }
             ApiError::Denied(_) => StatusCode::UNAUTHORIZED,
             ApiError::Loop => StatusCode::LOOP_DETECTED,
-            ApiError::Refused(_) => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::TooManyTargets(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Refused(_) | ApiError::NotStarted(NotStarted::Refused(_)) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => {
+            ApiError::TooLarge { .. }
+            | ApiError::NotStarted(NotStarted::DatagramTooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::Discovery(_) | ApiError::NoneSelected(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Plugin(_) => StatusCode::BAD_GATEWAY,
+            ApiError::NotStarted(
+                NotStarted::Discovery(_)
+                | NotStarted::NoneSelected { .. }
+                | NotStarted::TooManyTargets { .. },
+            ) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotStarted(NotStarted::Plugin(_)) => StatusCode::BAD_GATEWAY,
             ApiError::NoRoute => StatusCode::NOT_FOUND,
+        }
+    }
+
+    /// Who is to blame for the refusal.
+    pub fn blame(&self) -> Blame {
+        match self {
+            ApiError::NotStarted(not_started) => not_started.blame(),
+            _ => Blame::Client,
         }
     }
 
@@ -112,16 +108,25 @@ impl ApiError {
             ApiError::Denied(Denied::NotAllowed) => "forbidden",
             ApiError::Denied(_) => "unauthorized",
             ApiError::Loop => "loop",
-            ApiError::Refused(Refused::RateLimited { .. }) => "rate_limited",
-            ApiError::Refused(Refused::Busy { .. }) => "busy",
-            ApiError::Refused(Refused::Overloaded { .. }) => "overloaded",
-            ApiError::TooManyTargets(_) => "too_many_targets",
+            ApiError::Refused(refused) | ApiError::NotStarted(NotStarted::Refused(refused)) => {
+                match refused {
+                    Refused::RateLimited { .. } => "rate_limited",
+                    Refused::Busy { .. } => "busy",
+                    Refused::Overloaded { .. } => "overloaded",
+                }
+            }
             ApiError::ClientTimeout(_) => "client_timeout",
-            ApiError::TooLarge { .. } | ApiError::DatagramTooLarge { .. } => "too_large",
-            ApiError::Discovery(DiscoveryError::NoPods { .. }) => "no_targets",
-            ApiError::Discovery(DiscoveryError::Dns { .. }) => "dns_error",
-            ApiError::Plugin(_) => "plugin_error",
-            ApiError::NoneSelected(_) => "none_selected",
+            ApiError::TooLarge { .. }
+            | ApiError::NotStarted(NotStarted::DatagramTooLarge { .. }) => "too_large",
+            ApiError::NotStarted(NotStarted::TooManyTargets { .. }) => "too_many_targets",
+            ApiError::NotStarted(NotStarted::Discovery(DiscoveryError::NoPods { .. })) => {
+                "no_targets"
+            }
+            ApiError::NotStarted(NotStarted::Discovery(DiscoveryError::Dns { .. })) => {
+                "dns_error"
+            }
+            ApiError::NotStarted(NotStarted::Plugin(_)) => "plugin_error",
+            ApiError::NotStarted(NotStarted::NoneSelected { .. }) => "none_selected",
             ApiError::NoRoute => "no_route",
         }
     }
@@ -133,11 +138,15 @@ impl ApiError {
             "route": route,
             "ok": false,
             "error": self.to_string(),
+            "source": self.blame(),
         });
         if let Some(id) = id {
             body["id"] = id.into();
         }
-        if matches!(self, ApiError::Discovery(_) | ApiError::NoneSelected(_)) {
+        if matches!(
+            self,
+            ApiError::NotStarted(NotStarted::Discovery(_) | NotStarted::NoneSelected { .. })
+        ) {
             body["targets"] = 0.into();
         }
         let extra = self.extra_header();
@@ -160,7 +169,7 @@ impl ApiError {
             ApiError::Denied(Denied::Missing | Denied::Invalid) => {
                 Some((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")))
             }
-            ApiError::Refused(refused) => {
+            ApiError::Refused(refused) | ApiError::NotStarted(NotStarted::Refused(refused)) => {
                 let seconds = refused.retry_after().as_secs_f64().ceil().max(1.0) as u64;
                 Some((header::RETRY_AFTER, seconds.into()))
             }
@@ -175,27 +184,12 @@ impl IntoResponse for ApiError {
         let extra = self.extra_header();
         let mut response = (
             status,
-            Json(json!({ "ok": false, "error": self.to_string() })),
+            Json(json!({ "ok": false, "error": self.to_string(), "source": self.blame() })),
         )
             .into_response();
         if let Some((name, value)) = extra {
             response.headers_mut().insert(name, value);
         }
         response
-    }
-}
-
-impl From<StartError> for ApiError {
-    fn from(error: StartError) -> Self {
-        match error {
-            StartError::Discovery(error) => ApiError::Discovery(error),
-            StartError::Plugin(failure) => ApiError::Plugin(failure),
-            StartError::DatagramTooLarge { size, limit } => {
-                ApiError::DatagramTooLarge { size, limit }
-            }
-            StartError::NoneSelected { .. } => ApiError::NoneSelected(error.to_string()),
-            StartError::TooManyTargets { .. } => ApiError::TooManyTargets(error.to_string()),
-            StartError::Refused(refused) => ApiError::Refused(refused),
-        }
     }
 }

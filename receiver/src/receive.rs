@@ -1,16 +1,9 @@
-//! The receiving side of UDP broadcasts, so a pod does not have to write
-//! one: [`Receiver`] reads datagrams from a socket, decodes them
-//! ([`crate::frame`]), drops malformed ones and the repeated copies
-//! ([`Dedup`], by broadcast id), and yields every broadcast once as a
-//! [`Message`]. A [`Sink`] hands messages on, as JSON lines on stdout or
-//! POSTed to a local URL, and [`run`] joins the two until shutdown; that is
-//! what `broadcast-router listen` does.
-//!
-//! Duplicates are recognised by broadcast id alone, as the router sends
-//! every copy of one broadcast, to every pod, with the same id and sequence.
-//! A client that reuses an id within the window therefore sees its later
-//! broadcasts dropped here, which is what makes a retried broadcast
-//! idempotent.
+//! The receiving side of UDP broadcasts: [`Receiver`] reads datagrams from
+//! a socket, decodes them ([`crate::frame`]), drops malformed ones and the
+//! repeated copies ([`Dedup`], by broadcast id), and yields every broadcast
+//! once as a [`Message`]. A [`Sink`] hands messages on, as JSON lines on
+//! stdout or POSTed to a local URL, and [`run`] joins the two until
+//! shutdown.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -19,7 +12,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::HeaderName;
 use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -36,8 +28,6 @@ pub use sink::{ForwardError, Forwarder, Sink};
 pub const DEFAULT_WINDOW: usize = 4096;
 /// How long a [`Dedup`] remembers a broadcast id by default.
 pub const DEFAULT_WINDOW_AGE: Duration = Duration::from_secs(10 * 60);
-/// The header carrying a forwarded message's sequence number.
-pub const BROADCAST_SEQUENCE: HeaderName = HeaderName::from_static("x-broadcast-sequence");
 
 /// The receive buffer: the largest UDP payload fits.
 const MAX_DATAGRAM: usize = 65_535;

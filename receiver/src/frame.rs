@@ -1,5 +1,5 @@
-//! The UDP datagram wire format, shared by the UDP fan-out (which encodes)
-//! and the receiver (which decodes).
+//! The UDP datagram wire format, shared by the router's UDP fan-out (which
+//! encodes) and [`Receiver`](crate::Receiver) (which decodes).
 //!
 //! Every datagram is a small header followed by the payload (the HTTP
 //! request body the router received), all integers big-endian:

@@ -1,0 +1,66 @@
+//! The plugin tables: `[plugins.NAME]` (a Wasm component and its limits)
+//! and the entries of a route's `plugins` chain.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::vocabulary::problem::Location;
+
+/// One `[plugins.NAME]` table: a Wasm component and its limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The `.wasm` component. Relative paths start at the configuration
+    /// file's directory (with [`Config::load`]; [`Config::parse`] keeps them
+    /// relative to the working directory).
+    pub path: PathBuf,
+    /// What a failing plugin means for the broadcast.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Most linear memory one instance may use.
+    #[serde(default = "default_plugin_memory")]
+    pub memory: ByteSize,
+    /// Most CPU time one hook call may take.
+    #[serde(default = "default_hook_timeout", with = "humantime_serde")]
+    pub hook_timeout: Duration,
+    /// Where the table is in the file (set while loading).
+    #[serde(skip)]
+    pub location: Location,
+}
+
+/// A plugin's failure policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnError {
+    /// Answer 502 with the plugin's error; nothing is sent to pods.
+    #[default]
+    FailClosed,
+    /// Carry on as if the plugin were absent.
+    FailOpen,
+}
+
+/// One entry of a route's `plugins` chain.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginUse {
+    /// The name of a `[plugins.NAME]` table.
+    #[serde(rename = "use")]
+    pub plugin: String,
+    /// The plugin's config table, handed to its `init` as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Where the entry is in the file (set while loading).
+    #[serde(skip)]
+    pub location: Location,
+}
+
+fn default_plugin_memory() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+fn default_hook_timeout() -> Duration {
+    Duration::from_millis(10)
+}

@@ -1,0 +1,394 @@
+//! The wasmtime host every plugin runs in: one engine per configuration
+//! (pooling allocator, copy-on-write memory images, a compiled-code cache
+//! on disk), the epoch ticker that cuts hook calls short, each instance's
+//! memory cap, and the host state behind the imports plugins get (the log
+//! interface and a WASI context without files, sockets or environment).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::{self, Hooks, PluginPre};
+use crate::config::{Config, OnError, PluginConfig};
+
+/// How often the epoch advances; hook timeouts are counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Bytes at the start of each instance's memory kept resident between
+/// broadcasts: the pages an instance wrote there are reset in place (found
+/// with the `PAGEMAP_SCAN` ioctl where the kernel has it, Linux 6.7+), which
+/// is cheaper than page faults on the next instance.
+const KEEP_RESIDENT: usize = 256 << 10;
+
+/// Concurrent plugin instances the pool holds (one per plugin per running
+/// broadcast).
+const POOL_INSTANCES: u32 = 1000;
+
+/// The engine and linker every plugin of one configuration shares.
+pub(super) struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+    ticker: Arc<EpochTicker>,
+}
+
+/// One loaded plugin: compiled, linked, its hooks known.
+pub struct LoadedPlugin {
+    /// The plugin's name (its `[plugins.NAME]` key).
+    pub name: Arc<str>,
+    /// The hooks it implements.
+    pub hooks: Hooks,
+    /// Its failure policy.
+    pub on_error: OnError,
+    /// Its memory cap in bytes.
+    pub memory: usize,
+    /// Its CPU budget per hook call.
+    pub hook_timeout: Duration,
+    pre: PluginPre<HostState>,
+    engine: Engine,
+    /// Keeps the epoch advancing while any plugin can still run.
+    _ticker: Arc<EpochTicker>,
+}
+
+impl PluginHost {
+    pub(super) fn new(config: &Config) -> Result<Self, String> {
+        let largest_memory = config
+            .plugins
+            .values()
+            .map(|plugin| plugin.memory.as_u64())
+            .max()
+            .unwrap_or(16 << 20);
+        let largest_memory = usize::try_from(largest_memory).unwrap_or(usize::MAX);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES * 2)
+            .total_tables(POOL_INSTANCES * 4)
+            .total_stacks(POOL_INSTANCES)
+            .max_memory_size(largest_memory)
+            // Reset the first pages of a returned instance's memory in
+            // place instead of handing them back to the kernel: the next
+            // broadcast's instance then starts without page faults,
+            // madvise calls and TLB shoot-downs for them. Plugins built by
+            // plugins/build.sh have a 128KiB stack, so their stack, data
+            // and first heap pages fit.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(16 << 10)
+            // Reset only the pages an instance actually wrote: a plugin
+            // touches a few pages at the top of its stack, not all 128KiB
+            // of it. Without the ioctl (older kernels, other systems) the
+            // whole kept region is reset.
+            .pagemap_scan(wasmtime::Enabled::Auto);
+        let mut engine_config = wasmtime::Config::new();
+        engine_config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Reserve address space for the largest allowed memory only,
+            // not the default 4GiB per slot: 2000 slots stay a few GiB of
+            // virtual memory (bounds checks are compiled in instead).
+            .memory_reservation(largest_memory as u64)
+            .memory_reservation_for_growth(0)
+            .memory_guard_size(64 << 10)
+            .memory_init_cow(true)
+            .epoch_interruption(true)
+            .wasm_component_model(true);
+        let cache_dir = config.server.plugin_cache_dir.clone().unwrap_or_else(|| {
+            std::env::temp_dir()
+                .join("broadcast-router")
+                .join("wasm-cache")
+        });
+        match compiled_code_cache(cache_dir.clone()) {
+            Ok(cache) => {
+                engine_config.cache(Some(cache));
+            }
+            Err(error) => tracing::warn!(
+                dir = %cache_dir.display(),
+                %error,
+                "Compiled plugin cache unavailable; plugins are compiled at every start."
+            ),
+        }
+        let engine = Engine::new(&engine_config)
+            .map_err(|error| format!("cannot set up the Wasm engine: {error}"))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|error| format!("cannot link WASI: {error}"))?;
+        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| {
+            state
+        })
+        .map_err(|error| format!("cannot link the plugin imports: {error}"))?;
+        Ok(Self {
+            ticker: Arc::new(EpochTicker::start(engine.clone())),
+            engine,
+            linker,
+        })
+    }
+
+    pub(super) fn load(&self, name: &str, config: &PluginConfig) -> Result<LoadedPlugin, String> {
+        let bytes = std::fs::read(&config.path)
+            .map_err(|error| format!("cannot read {}: {error}", config.path.display()))?;
+        let component = Component::from_binary(&self.engine, &bytes).map_err(|error| {
+            format!(
+                "{} is not a loadable component: {error:#}",
+                config.path.display()
+            )
+        })?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
+            format!(
+                "{} imports something the router does not provide (plugins get the log interface and WASI 0.2, without files, sockets or environment): {error:#}",
+                config.path.display()
+            )
+        })?;
+        let pre = PluginPre::new(instance_pre).map_err(|error| {
+            format!(
+                "{} does not implement the broadcast:plugin@0.1.0 world: {error:#}",
+                config.path.display()
+            )
+        })?;
+        let mut plugin = LoadedPlugin {
+            name: name.into(),
+            hooks: Hooks::empty(),
+            on_error: config.on_error,
+            memory: usize::try_from(config.memory.as_u64()).unwrap_or(usize::MAX),
+            hook_timeout: config.hook_timeout,
+            pre,
+            engine: self.engine.clone(),
+            _ticker: Arc::clone(&self.ticker),
+        };
+        let (mut store, instance) = plugin
+            .instantiate("load", "-")
+            .map_err(|error| format!("cannot be instantiated: {error:#}"))?;
+        store.set_epoch_deadline(ticks(config.hook_timeout));
+        plugin.hooks = instance
+            .call_hooks(&mut store)
+            .map_err(|error| format!("trapped in `hooks`: {error:#}"))?;
+        tracing::info!(
+            plugin = name,
+            path = %config.path.display(),
+            hooks = ?plugin.hooks,
+            "Plugin loaded."
+        );
+        Ok(plugin)
+    }
+}
+
+/// Wall time a plugin's start-up and `init` may take when it is loaded.
+const LOAD_BUDGET: Duration = Duration::from_secs(2);
+
+impl LoadedPlugin {
+    /// A fresh instance in a fresh store with this plugin's limits.
+    pub(super) fn instantiate(
+        &self,
+        route: &str,
+        broadcast_id: &str,
+    ) -> wasmtime::Result<(Store<HostState>, bindings::Plugin)> {
+        self.instantiate_within(route, broadcast_id, self.hook_timeout)
+    }
+
+    /// A fresh instance whose start-up may take `budget` of wall time.
+    fn instantiate_within(
+        &self,
+        route: &str,
+        broadcast_id: &str,
+        budget: Duration,
+    ) -> wasmtime::Result<(Store<HostState>, bindings::Plugin)> {
+        let state = HostState::new(self, route, broadcast_id);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(ticks(budget));
+        let instance = self.pre.instantiate(&mut store)?;
+        Ok((store, instance))
+    }
+
+    /// Runs `init` with `config` on a throwaway instance. Loading is not
+    /// on any request's path, so it gets [`LOAD_BUDGET`] of wall time
+    /// rather than `hook_timeout`: a busy machine must not reject a
+    /// well-behaved plugin, while one that never returns is still stopped.
+    pub(super) fn check_init(&self, config: &str) -> Result<(), String> {
+        let budget = LOAD_BUDGET.max(self.hook_timeout);
+        let (mut store, instance) = self
+            .instantiate_within("check", "-", budget)
+            .map_err(|error| format!("cannot be instantiated: {error:#}"))?;
+        store.set_epoch_deadline(ticks(budget));
+        match instance.call_init(&mut store, config) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(format!("rejected its config: {message}")),
+            Err(error) => Err(format!("trapped in `init`: {error:#}")),
+        }
+    }
+}
+
+fn compiled_code_cache(dir: PathBuf) -> wasmtime::Result<wasmtime::Cache> {
+    std::fs::create_dir_all(&dir)?;
+    let mut cache_config = wasmtime::CacheConfig::new();
+    cache_config.with_directory(dir);
+    wasmtime::Cache::new(cache_config)
+}
+
+/// Epoch ticks covering `duration` (at least one).
+pub(super) fn ticks(duration: Duration) -> u64 {
+    (duration.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        std::thread::Builder::new()
+            .name("plugin-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("the epoch thread starts");
+        Self { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// What one plugin instance's store holds.
+pub(super) struct HostState {
+    /// Built on the first WASI call: most broadcasts never make one.
+    wasi: Option<WasiCtx>,
+    table: ResourceTable,
+    pub(super) limiter: MemoryLimiter,
+    plugin: Arc<str>,
+    route: Arc<str>,
+    broadcast_id: Arc<str>,
+}
+
+impl HostState {
+    fn new(plugin: &LoadedPlugin, route: &str, broadcast_id: &str) -> Self {
+        Self {
+            wasi: None,
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter::new(plugin.memory),
+            plugin: plugin.name.clone(),
+            route: route.into(),
+            broadcast_id: broadcast_id.into(),
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        // No preopened directories, no environment, no sockets, no stdio.
+        let ctx = self.wasi.get_or_insert_with(|| {
+            WasiCtx::builder()
+                .allow_tcp(false)
+                .allow_udp(false)
+                .allow_ip_name_lookup(false)
+                .build()
+        });
+        WasiCtxView {
+            ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::broadcast::plugin::types::Host for HostState {}
+
+impl bindings::broadcast::plugin::log::Host for HostState {
+    fn log(
+        &mut self,
+        level: bindings::broadcast::plugin::log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) {
+        use bindings::broadcast::plugin::log::Level;
+        let message: String = message.chars().take(4096).collect();
+        let fields: Vec<String> = fields
+            .iter()
+            .take(32)
+            .map(|(key, value)| format!("{key}={value}"))
+            .collect();
+        let fields = fields.join(" ");
+        let (route, plugin, id) = (&*self.route, &*self.plugin, &*self.broadcast_id);
+        match level {
+            Level::Trace => tracing::trace!(route, plugin, id, fields, "{message}"),
+            Level::Debug => tracing::debug!(route, plugin, id, fields, "{message}"),
+            Level::Info => tracing::info!(route, plugin, id, fields, "{message}"),
+            Level::Warn => tracing::warn!(route, plugin, id, fields, "{message}"),
+            Level::Error => tracing::error!(route, plugin, id, fields, "{message}"),
+        }
+    }
+}
+
+/// `StoreLimits` for one instance, remembering whether the cap was hit so
+/// the resulting trap can be reported as "memory limit".
+pub(super) struct MemoryLimiter {
+    limits: wasmtime::StoreLimits,
+    cap: usize,
+    pub(super) exceeded: bool,
+}
+
+impl MemoryLimiter {
+    fn new(cap: usize) -> Self {
+        Self {
+            limits: wasmtime::StoreLimitsBuilder::new()
+                .memory_size(cap)
+                .instances(16)
+                .tables(64)
+                .memories(4)
+                .build(),
+            cap,
+            exceeded: false,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if !allowed {
+            self.exceeded = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes reached (asked for {desired})",
+                self.cap
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
+}
+
