@@ -106,7 +106,6 @@ impl Report {
             results,
         }
     }
-
 }
 
 impl DeliveryReport {
@@ -158,7 +157,6 @@ pub struct Accepted {
     /// How many pods the broadcast goes to.
     pub targets: usize,
 }
-
 
 /// An aggregate plugin's verdict, checked: what the router answers with.
 #[derive(Debug, Clone)]

@@ -32,9 +32,9 @@ use crate::fanout::udp::{UdpReport, UdpSender};
 use crate::fanout::{Delivery, Fanout, PodRequest};
 use crate::limit::{Admitted, DeliveryBudget, Refused, Reserved};
 use crate::load::Endpoint;
-use crate::route::Route;
 use crate::plugin::bindings::{self, RequestHead};
 use crate::plugin::{PluginFailure, Session, run_plugins};
+use crate::route::Route;
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::target::Target;
@@ -399,16 +399,13 @@ impl Broadcaster {
         let early = route.policy.answers_early() && !endpoint.plugins.aggregates();
         let required = route.policy.required(targets.len());
         let mut succeeded = 0;
-        let mut deliveries =
-            self.shared
-                .fanout
-                .deliver_all(
-                    &requests,
-                    &targets,
-                    &route.limits,
-                    endpoint.tls.as_ref(),
-                    started,
-                );
+        let mut deliveries = self.shared.fanout.deliver_all(
+            &requests,
+            &targets,
+            &route.limits,
+            endpoint.tls.as_ref(),
+            started,
+        );
         while let Some((index, delivery)) = deliveries.next().await {
             telemetry::delivery_finished(
                 &route.name,

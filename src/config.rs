@@ -139,4 +139,3 @@ pub enum ConfigError {
         problems: Problems,
     },
 }
-

@@ -28,9 +28,7 @@ use tracing::Instrument;
 
 use crate::route::Limits;
 use crate::tls::{PodTls, PodTlsError};
-pub use crate::vocabulary::delivery::{
-    Delivery, DeliveryError, ErrorKind, PodBody, PodRequest,
-};
+pub use crate::vocabulary::delivery::{Delivery, DeliveryError, ErrorKind, PodBody, PodRequest};
 use crate::vocabulary::target::Target;
 
 /// The shared delivery machinery.

@@ -219,11 +219,8 @@ fn check(arg: &ConfigArg) -> ExitCode {
     let problems = match Config::load(&arg.config) {
         Ok(config) => match Loaded::load(&config) {
             Ok(loaded) => {
-                let routes: Vec<String> = loaded
-                    .endpoints
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
+                let routes: Vec<String> =
+                    loaded.endpoints.iter().map(ToString::to_string).collect();
                 println!(
                     "{path}: ok, {} route(s): {}",
                     routes.len(),

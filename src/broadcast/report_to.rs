@@ -14,9 +14,9 @@ use axum::http::StatusCode;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::vocabulary::headers::BROADCAST_ID;
 use crate::route::ReportTo;
 use crate::telemetry;
+use crate::vocabulary::headers::BROADCAST_ID;
 
 /// Timeout of one POST to the collector.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);

@@ -160,4 +160,3 @@ pub struct TokenSetConfig {
     #[serde(skip)]
     pub location: Location,
 }
-

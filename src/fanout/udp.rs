@@ -13,9 +13,9 @@ use serde::Serialize;
 use tokio::net::UdpSocket;
 use tokio::sync::OnceCell;
 
-use broadcast_receiver::frame;
 use crate::route::UdpSettings;
 use crate::vocabulary::target::Target;
+use broadcast_receiver::frame;
 
 /// The answer document of a UDP broadcast (HTTP 202: datagrams were sent;
 /// UDP has no acknowledgement, so nothing is known about their arrival).
@@ -40,7 +40,6 @@ pub struct UdpReport {
     /// One entry per pod, in target order.
     pub results: Vec<UdpDelivery>,
 }
-
 
 /// What was sent to one pod.
 #[derive(Debug, Clone, Serialize)]

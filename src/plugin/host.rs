@@ -391,4 +391,3 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         self.limits.memories()
     }
 }
-

@@ -38,7 +38,13 @@ pub(super) async fn udp(
     admitted: Admitted,
 ) -> Result<Answered, NotStarted> {
     let report = broadcaster
-        .send_udp(Arc::clone(endpoint), service, id.to_owned(), request, admitted)
+        .send_udp(
+            Arc::clone(endpoint),
+            service,
+            id.to_owned(),
+            request,
+            admitted,
+        )
         .await?;
     Ok(Answered {
         targets: report.targets,
@@ -59,7 +65,13 @@ pub(super) async fn http(
 ) -> Result<Answered, NotStarted> {
     let route = &endpoint.route;
     let started = broadcaster
-        .start(Arc::clone(endpoint), service, id.to_owned(), request, admitted)
+        .start(
+            Arc::clone(endpoint),
+            service,
+            id.to_owned(),
+            request,
+            admitted,
+        )
         .await?;
     if route.mode == Mode::Async {
         let targets = started.targets;

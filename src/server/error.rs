@@ -122,9 +122,7 @@ impl ApiError {
             ApiError::NotStarted(NotStarted::Discovery(DiscoveryError::NoPods { .. })) => {
                 "no_targets"
             }
-            ApiError::NotStarted(NotStarted::Discovery(DiscoveryError::Dns { .. })) => {
-                "dns_error"
-            }
+            ApiError::NotStarted(NotStarted::Discovery(DiscoveryError::Dns { .. })) => "dns_error",
             ApiError::NotStarted(NotStarted::Plugin(_)) => "plugin_error",
             ApiError::NotStarted(NotStarted::NoneSelected { .. }) => "none_selected",
             ApiError::NoRoute => "no_route",

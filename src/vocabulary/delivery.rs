@@ -110,4 +110,3 @@ impl std::fmt::Display for ErrorKind {
         f.write_str(self.as_str())
     }
 }
-
