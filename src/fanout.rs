@@ -66,21 +66,22 @@ impl Fanout {
         tls: Option<&'a PodTls>,
         started: Instant,
     ) -> impl futures_util::Stream<Item = (usize, Delivery)> + 'a {
-        let slots = Arc::new(Semaphore::new(limits.concurrency.max(1)));
-        let deadline = started + limits.deadline;
+        let schedule = Arc::new(Schedule {
+            slots: Semaphore::new(limits.concurrency.max(1)),
+            started,
+            deadline: started + limits.deadline,
+        });
         let mut urls = PodUrls::default();
         targets
             .iter()
             .zip(requests)
             .enumerate()
             .map(move |(position, (target, request))| {
-                let slots = slots.clone();
+                let schedule = Arc::clone(&schedule);
                 let url = urls.url(request, target);
                 let span = tracing::debug_span!("delivery", target = %target);
                 async move {
-                    let delivery = self
-                        .deliver(request, url, limits, tls, &slots, started, deadline)
-                        .await;
+                    let delivery = self.deliver(request, url, limits, tls, &schedule).await;
                     tracing::debug!(
                         outcome = delivery.outcome(),
                         attempts = delivery.attempts,
@@ -99,10 +100,14 @@ impl Fanout {
         url: Result<reqwest::Url, String>,
         limits: &Limits,
         tls: Option<&PodTls>,
-        slots: &Semaphore,
-        started: Instant,
-        deadline: Instant,
+        schedule: &Schedule,
     ) -> Delivery {
+        let Schedule {
+            slots,
+            started,
+            deadline,
+        } = schedule;
+        let (started, deadline) = (*started, *deadline);
         let mut attempts = 0;
         let mut last: Option<Attempt> = None;
         loop {
@@ -222,6 +227,14 @@ impl Fanout {
             },
         }
     }
+}
+
+/// When one broadcast's deliveries may run: its concurrency slots, its
+/// start and its deadline.
+struct Schedule {
+    slots: Semaphore,
+    started: Instant,
+    deadline: Instant,
 }
 
 /// Each pod's URL. Parsing a URL is a large part of a delivery's cost, so

@@ -2,10 +2,10 @@
 //! `broadcast:plugin` world in `plugins/wit/`) and running them with hard
 //! limits.
 //!
-//! - One wasmtime [`Engine`] per configuration, with the pooling allocator
+//! - One wasmtime `Engine` per configuration, with the pooling allocator
 //!   and copy-on-write memory images. Each plugin is compiled once at load
 //!   (compiled code is cached on disk, keyed by the file's hash and the
-//!   engine's version and settings) into a [`PluginPre`].
+//!   engine's version and settings) into a `PluginPre`.
 //! - Every broadcast gets a fresh instance of each plugin it uses (a
 //!   [`Session`]), shared by that broadcast's hooks and dropped after it:
 //!   no state leaks between requests, and a trap never poisons later ones.
@@ -21,8 +21,8 @@
 //! and random numbers; no filesystem, no network, no environment.
 //!
 //! This module loads a configuration's plugins and builds each route's
-//! [`Chain`]; [`host`] is the wasmtime host underneath (engine, limits,
-//! host state, imports), [`session`] one broadcast's instances and the
+//! [`Chain`]; `host` is the wasmtime host underneath (engine, limits,
+//! host state, imports), `session` one broadcast's instances and the
 //! failure policy, and [`bindings`] the contract's types and the checks
 //! on everything a plugin returns.
 

@@ -3,9 +3,9 @@
 //! `/admin/config`), and the lifecycle that binds both and drains them on
 //! shutdown.
 //!
-//! [`state`] holds the configuration generation in service and the reload
-//! swap, [`handler`] the checks before a broadcast, [`answer`] how a
-//! broadcast becomes the response, [`error`] the refusals, [`listener`]
+//! `state` holds the configuration generation in service and the reload
+//! swap, `handler` the checks before a broadcast, `answer` how a
+//! broadcast becomes the response, `error` the refusals, [`listener`]
 //! the accept loop with its client limits, [`admin`] the admin endpoints;
 //! this module starts and stops them.
 

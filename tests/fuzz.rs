@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `config` | [`Config::parse`] | never panics; gives a `Config`, or problems that all point inside the text; the same text always gives the same problems |
 //! | `frame`, `frame_round_trip` | [`frame::decode`], [`frame::encode`] | never panics; accepts exactly the well-formed datagrams, and those re-encode to the same bytes; encode → decode round-trips |
-//! | `route` | [`Route::service_name`], [`Route::upstream_path_and_query`] | the allow-list guard lets through exactly the labels the README allows, and the name is the template filled in; the forwarded path stays under `upstream_path`, keeps the query, and is refused exactly for `.`/`..` segments |
+//! | `route` | [`Route::service_name`], [`Route::upstream_path_and_query`] | the allow-list guard lets through exactly the labels docs/configuration.md allows, and the name is the template filled in; the forwarded path stays under `upstream_path`, keeps the query, and is refused exactly for `.`/`..` segments |
 //! | `plugin_patch` | [`bindings::apply`] | never panics; a patch that is not valid HTTP is refused; an accepted one gives a request whose URL stays on the pod and whose headers are what the patch said |
 //! | `plugin_verdict` | [`bindings::check_verdict`] | never panics; accepts exactly the statuses 200–599 with a valid content type, unchanged |
 //!
@@ -778,7 +778,7 @@ allow_services = ["*"]
     (narrow, open)
 }
 
-/// Whether `label` may fill a template, by the README's rules, written
+/// Whether `label` may fill a template, by the rules of docs/configuration.md, written
 /// independently of `route.rs`.
 fn allowed_label(label: &str) -> bool {
     let lower_ldh = label
@@ -948,7 +948,7 @@ const FRAMING_HEADERS_REFUSED: bool = true;
 /// router sets them on every request.
 const ROUTER_SET_HEADERS: &[&str] = &["x-broadcast-id", "via"];
 
-/// Headers the router computes for each pod itself (README, "The forwarded
+/// Headers the router computes for each pod itself (docs/requests.md, "The forwarded
 /// request").
 const FRAMING_HEADERS: &[&str] = &[
     "connection",
@@ -1354,7 +1354,7 @@ fn plugin_verdicts_are_checked_before_they_reach_the_client() {
 /// `content-length: 0` the pod gets no body at all, with a larger one it
 /// waits for bytes that never come, `transfer-encoding: gzip` makes it
 /// try to unzip a plain body, and `host` changes the virtual host a pod's
-/// proxy routes by. (README, "The forwarded request": Host becomes the
+/// proxy routes by. (docs/requests.md, "The forwarded request": Host becomes the
 /// pod's address, Content-Length is recomputed.)
 #[test]
 fn plugin_patches_cannot_set_framing_headers() {

@@ -9,7 +9,7 @@
 //! reaches the router exactly as written: HTTP client libraries would
 //! normalise `..`, `%2e` or brackets before sending.
 //!
-//! What the router answers (see README, "Templated routes and
+//! What the router answers (see docs/configuration.md, "Templated routes and
 //! `allow_services`"):
 //!
 //! - **403** for every name the route decodes from the path and refuses:

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! Writes `bench/results/<time>-<commit>.{json,md}` and
-//! `bench/results/latest.md`. See `--help` and the README's "Performance"
-//! section; the pieces are in this directory's modules.
+//! `bench/results/latest.md`. See `--help` and `docs/performance.md`
+//! (how to run it); the pieces are in this directory's modules.
 
 #[path = "mod.rs"]
 mod harness;

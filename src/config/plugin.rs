@@ -14,7 +14,7 @@ use crate::vocabulary::problem::Location;
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The `.wasm` component. Relative paths start at the configuration
-    /// file's directory (with [`Config::load`]; [`Config::parse`] keeps them
+    /// file's directory (with [`Config::load`](crate::config::Config::load); `Config::parse` keeps them
     /// relative to the working directory).
     pub path: PathBuf,
     /// What a failing plugin means for the broadcast.
