@@ -205,10 +205,10 @@ impl Verdict {
     /// policy's (the report names `"plugin"` as its policy); a plugin that
     /// failed closed fails the broadcast; `Ok(None)` (no aggregate hook, or
     /// it failed open) leaves the decision to the policy.
-    pub fn by_plugin(
+    pub fn by_plugin<E: std::fmt::Display>(
         mut report: Report,
         policy: Policy,
-        judged: Result<Option<PluginVerdict>, String>,
+        judged: Result<Option<PluginVerdict>, E>,
     ) -> Self {
         let decision = match judged {
             Ok(None) => Decision::Policy(policy),
@@ -219,7 +219,7 @@ impl Verdict {
             }
             Err(failure) => {
                 report.ok = false;
-                Decision::PluginFailed(failure)
+                Decision::PluginFailed(failure.to_string())
             }
         };
         Self { report, decision }

@@ -442,8 +442,7 @@ impl Broadcaster {
         let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
         let verdict = match plugins {
             Some((mut session, head)) => {
-                let judged = run_plugins(|| session.aggregate(&head, &targets, &outcomes))
-                    .map_err(|failure| failure.to_string());
+                let judged = run_plugins(|| session.aggregate(&head, &targets, &outcomes));
                 Verdict::by_plugin(report, route.policy, judged)
             }
             None => Verdict::by_policy(report, route.policy),

@@ -1081,7 +1081,7 @@ fn check_patch(patch: &Patch, expect: Option<bool>) -> Result<(), TestCaseError>
     match result {
         Err(reason) => {
             prop_assert!(!must_accept, "refused a valid patch: {}", reason);
-            prop_assert!(!reason.trim().is_empty(), "refused without a reason");
+            prop_assert!(!reason.0.trim().is_empty(), "refused without a reason");
             if let Some(expected) = expect {
                 prop_assert!(
                     !expected,
@@ -1279,7 +1279,7 @@ fn check_verdict_case(case: &VerdictCase, expect: Option<bool>) -> Result<(), Te
     match checked {
         Err(reason) => {
             prop_assert!(!valid, "refused a valid verdict: {}", reason);
-            prop_assert!(!reason.trim().is_empty());
+            prop_assert!(!reason.0.trim().is_empty());
         }
         Ok(checked) => {
             prop_assert!(valid, "accepted an invalid verdict");

@@ -213,17 +213,26 @@ pub(crate) fn outcome<'a>(
     }
 }
 
+/// Output of a plugin the router cannot use, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidOutput(pub String);
+
+fn invalid(reason: String) -> InvalidOutput {
+    InvalidOutput(reason)
+}
+
 /// Refuses a patch of a header the router owns (see
 /// [`crate::vocabulary::headers`]): the framing and connection headers it
 /// computes for each pod (a plugin's `content-length` would cut or stall
 /// the body, its `host` would send a proxy elsewhere), the broadcast id
 /// receivers drop duplicates by, and the `Via` marker loop protection
 /// relies on.
-fn router_owned(name: &HeaderName) -> Result<(), String> {
+fn router_owned(name: &HeaderName) -> Result<(), InvalidOutput> {
     if is_router_owned(name) {
-        Err(format!(
+        Err(InvalidOutput(format!(
             "header {name} is set by the router; a plugin may not set or remove it"
-        ))
+        )))
     } else {
         Ok(())
     }
@@ -231,7 +240,10 @@ fn router_owned(name: &HeaderName) -> Result<(), String> {
 
 /// Applies a plugin's patch to one pod's copy of the request; a patch that
 /// would produce an invalid HTTP message is refused with the reason.
-pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRequest>, String> {
+pub fn apply(
+    request: &Arc<PodRequest>,
+    patch: RequestPatch,
+) -> Result<Arc<PodRequest>, InvalidOutput> {
     let unchanged = patch.set_headers.is_empty()
         && patch.remove_headers.is_empty()
         && patch.path.is_none()
@@ -241,17 +253,20 @@ pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRe
     }
     let mut headers = request.headers.clone();
     for name in &patch.remove_headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("cannot remove header {name:?}: not a valid header name"))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            invalid(format!(
+                "cannot remove header {name:?}: not a valid header name"
+            ))
+        })?;
         router_owned(&name)?;
         headers.remove(name);
     }
     for header in &patch.set_headers {
         let name = HeaderName::from_bytes(header.name.as_bytes())
-            .map_err(|_| format!("header name {:?} is not valid", header.name))?;
+            .map_err(|_| invalid(format!("header name {:?} is not valid", header.name)))?;
         router_owned(&name)?;
         let value = HeaderValue::from_str(&header.value)
-            .map_err(|_| format!("the value of header {name} is not valid"))?;
+            .map_err(|_| invalid(format!("the value of header {name} is not valid")))?;
         headers.insert(name, value);
     }
     let path_and_query = match patch.path {
@@ -261,7 +276,9 @@ pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRe
                     .parse::<http::uri::PathAndQuery>()
                     .is_ok_and(|parsed| parsed.as_str() == path);
             if !valid {
-                return Err(format!("path {path:?} is not a valid path and query"));
+                return Err(invalid(format!(
+                    "path {path:?} is not a valid path and query"
+                )));
             }
             path
         }
@@ -276,14 +293,22 @@ pub fn apply(request: &Arc<PodRequest>, patch: RequestPatch) -> Result<Arc<PodRe
 }
 
 /// Checks a verdict's status and content type.
-pub fn check_verdict(verdict: Verdict) -> Result<PluginVerdict, String> {
+pub fn check_verdict(verdict: Verdict) -> Result<PluginVerdict, InvalidOutput> {
     let status = StatusCode::from_u16(verdict.status)
         .ok()
         .filter(|status| (200..=599).contains(&status.as_u16()))
-        .ok_or_else(|| format!("status {} is not between 200 and 599", verdict.status))?;
+        .ok_or_else(|| {
+            invalid(format!(
+                "status {} is not between 200 and 599",
+                verdict.status
+            ))
+        })?;
     let content_type = match verdict.content_type {
-        Some(content_type) => HeaderValue::from_str(&content_type)
-            .map_err(|_| format!("content type {content_type:?} is not a valid header value"))?,
+        Some(content_type) => HeaderValue::from_str(&content_type).map_err(|_| {
+            invalid(format!(
+                "content type {content_type:?} is not a valid header value"
+            ))
+        })?,
         None => HeaderValue::from_static("application/json"),
     };
     Ok(PluginVerdict {

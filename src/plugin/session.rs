@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use wasmtime::Store;
 
 use super::Link;
-use super::bindings::{self, Hooks, LentHeaders, RequestHead};
+use super::bindings::{self, Hooks, InvalidOutput, LentHeaders, RequestHead};
 use super::host::{HostState, ticks};
 use crate::aggregate::PluginVerdict;
 use crate::config::OnError;
@@ -173,12 +173,12 @@ impl Session {
                         for &i in &indices {
                             let i = i as usize;
                             if i >= count {
-                                return Err(format!(
+                                return Err(InvalidOutput(format!(
                                     "index {i} is out of range for {count} targets"
-                                ));
+                                )));
                             }
                             if std::mem::replace(&mut seen[i], true) {
-                                return Err(format!("index {i} is listed twice"));
+                                return Err(InvalidOutput(format!("index {i} is listed twice")));
                             }
                         }
                         Ok(indices)
@@ -301,7 +301,7 @@ impl Session {
             &bindings::Plugin,
             &mut Store<HostState>,
         ) -> wasmtime::Result<Result<R, String>>,
-        check: impl FnOnce(R) -> Result<T, String>,
+        check: impl FnOnce(R) -> Result<T, InvalidOutput>,
     ) -> Result<Option<T>, PluginFailure> {
         let (route, broadcast_id, deadline) =
             (self.route.clone(), self.broadcast_id.clone(), self.deadline);
@@ -329,7 +329,9 @@ impl Session {
             let remaining = deadline.saturating_duration_since(Instant::now());
             store.set_epoch_deadline(ticks(plugin.hook_timeout.min(remaining)));
             match invoke(instance, store) {
-                Ok(Ok(value)) => check(value).map(Some).map_err(Cause::Invalid),
+                Ok(Ok(value)) => check(value)
+                    .map(Some)
+                    .map_err(|invalid| Cause::Invalid(invalid.0)),
                 Ok(Err(message)) => Err(Cause::Returned(message)),
                 Err(error) => Err(classify(store, &error)),
             }
