@@ -163,14 +163,20 @@ pub enum SetupError {
 impl Broadcaster {
     /// Builds the shared discovery and delivery machinery; the DNS
     /// resolver only `with_dns` (some route names a `service`). At most
-    /// `max_deliveries` pod deliveries are in flight at once.
-    pub fn new(dns: &DnsConfig, with_dns: bool, max_deliveries: usize) -> Result<Self, SetupError> {
+    /// `max_deliveries` pod deliveries are in flight at once; idle pod
+    /// connections are kept for `pod_idle_timeout`.
+    pub fn new(
+        dns: &DnsConfig,
+        with_dns: bool,
+        max_deliveries: usize,
+        pod_idle_timeout: Duration,
+    ) -> Result<Self, SetupError> {
         Ok(Self {
             discovery: Arc::new(Discovery::new(dns, with_dns)?),
             dns: dns.clone(),
             with_dns,
             shared: Arc::new(Shared {
-                fanout: Fanout::new()?,
+                fanout: Fanout::new(pod_idle_timeout)?,
                 tasks: TaskTracker::new(),
                 in_flight: Mutex::default(),
                 next_key: AtomicU64::new(0),
@@ -190,8 +196,15 @@ impl Broadcaster {
     /// The broadcaster of a reloaded configuration. It shares this one's
     /// HTTP client pool, UDP sequence and running broadcasts (draining
     /// either waits for both generations' broadcasts); its DNS cache is
-    /// this one's when the `[dns]` settings did not change.
-    pub fn reconfigured(&self, dns: &DnsConfig, with_dns: bool) -> Result<Self, SetupError> {
+    /// this one's when the `[dns]` settings did not change. Idle pod
+    /// connections are kept for `pod_idle_timeout` from now on.
+    pub fn reconfigured(
+        &self,
+        dns: &DnsConfig,
+        with_dns: bool,
+        pod_idle_timeout: Duration,
+    ) -> Result<Self, SetupError> {
+        self.shared.fanout.pods().set_idle_timeout(pod_idle_timeout);
         let keep_cache = *dns == self.dns && (self.with_dns || !with_dns);
         let (discovery, with_dns) = if keep_cache {
             (Arc::clone(&self.discovery), self.with_dns)

@@ -10,48 +10,63 @@
 //! always gets exactly one outcome.
 //!
 //! The request body is shared by all pods (`Bytes` is reference-counted),
-//! never copied per pod, and so is the parsed URL: pods that share one
-//! request get its URL with only the address changed.
+//! never copied per pod, and so is its parsed path: pods that share one
+//! request share one parse. Each exchange goes through [`PodClient`], over
+//! pooled keep-alive connections.
 
+mod client;
 pub mod headers;
 pub mod udp;
+
+pub use client::PodClient;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use futures_util::stream::FuturesUnordered;
-use http::{HeaderMap, StatusCode};
+use http::{HeaderMap, StatusCode, Uri};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::route::Limits;
-use crate::tls::{PodTls, PodTlsError};
+use crate::tls::PodTls;
 pub use crate::vocabulary::delivery::{Delivery, DeliveryError, ErrorKind, PodBody, PodRequest};
 use crate::vocabulary::target::Target;
 
 /// The shared delivery machinery.
 #[derive(Clone)]
 pub struct Fanout {
+    /// Pod requests, over pooled connections.
+    pods: Arc<PodClient>,
+    /// Reports to collectors (`report_to`).
     client: reqwest::Client,
 }
 
 impl Fanout {
-    /// Builds the shared, pooled HTTP client.
-    pub fn new() -> Result<Self, reqwest::Error> {
+    /// Builds the pod client, keeping idle pod connections for
+    /// `pod_idle_timeout`, and the collectors' HTTP client.
+    pub fn new(pod_idle_timeout: Duration) -> Result<Self, reqwest::Error> {
         let client = reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_idle_timeout(pod_idle_timeout)
             .build()?;
-        Ok(Self { client })
+        Ok(Self {
+            pods: Arc::new(PodClient::new(pod_idle_timeout)),
+            client,
+        })
     }
 
-    /// The shared HTTP client (also used to send reports to collectors).
+    /// The HTTP client reports are sent to collectors with.
     pub fn client(&self) -> &reqwest::Client {
         &self.client
+    }
+
+    /// The pod client (to change its idle timeout on reload).
+    pub fn pods(&self) -> &PodClient {
+        &self.pods
     }
 
     /// Delivers `requests[i]` to `targets[i]` for every target, over
@@ -71,17 +86,19 @@ impl Fanout {
             started,
             deadline: started + limits.deadline,
         });
-        let mut urls = PodUrls::default();
+        let mut uris = PodUris::default();
         targets
             .iter()
             .zip(requests)
             .enumerate()
             .map(move |(position, (target, request))| {
                 let schedule = Arc::clone(&schedule);
-                let url = urls.url(request, target);
+                let uri = uris.uri(request);
                 let span = tracing::debug_span!("delivery", target = %target);
                 async move {
-                    let delivery = self.deliver(request, url, limits, tls, &schedule).await;
+                    let delivery = self
+                        .deliver(target, request, uri, limits, tls, &schedule)
+                        .await;
                     tracing::debug!(
                         outcome = delivery.outcome(),
                         attempts = delivery.attempts,
@@ -96,8 +113,9 @@ impl Fanout {
 
     async fn deliver(
         &self,
+        target: &Target,
         request: &PodRequest,
-        url: Result<reqwest::Url, String>,
+        uri: Result<Uri, String>,
         limits: &Limits,
         tls: Option<&PodTls>,
         schedule: &Schedule,
@@ -114,7 +132,7 @@ impl Fanout {
             let outcome = tokio::time::timeout_at(deadline, async {
                 let _slot = slots.acquire().await.expect("semaphore never closes");
                 attempts += 1;
-                self.attempt(request, &url, limits, tls).await
+                self.attempt(target, request, &uri, limits, tls).await
             })
             .await;
             let result = match outcome {
@@ -165,37 +183,19 @@ impl Fanout {
 
     async fn attempt(
         &self,
+        target: &Target,
         request: &PodRequest,
-        url: &Result<reqwest::Url, String>,
+        uri: &Result<Uri, String>,
         limits: &Limits,
         tls: Option<&PodTls>,
     ) -> Attempt {
-        let url = match url {
-            Ok(url) => url.clone(),
+        let uri = match uri {
+            Ok(uri) => uri,
             Err(detail) => return Attempt::failed(ErrorKind::Protocol, detail.clone()),
         };
-        let exchange = async {
-            // Built directly rather than through a `RequestBuilder`, which
-            // would re-insert every header one by one.
-            let mut pod_request = reqwest::Request::new(request.method.clone(), url);
-            *pod_request.headers_mut() = request.headers.clone();
-            *pod_request.body_mut() = Some(request.body.clone().into());
-            let mut response = match tls {
-                None => self
-                    .client
-                    .execute(pod_request)
-                    .await
-                    .map_err(|error| classify(&error))?,
-                Some(tls) => tls
-                    .execute(pod_request)
-                    .await
-                    .map_err(|error| classify_tls(&error))?,
-            };
-            let status = response.status();
-            let headers = std::mem::take(response.headers_mut());
-            let body = read_capped(response, limits.max_pod_body_bytes).await;
-            Ok::<_, DeliveryError>((status, headers, body))
-        };
+        let exchange =
+            self.pods
+                .exchange(target.addr, tls, request, uri, limits.max_pod_body_bytes);
         match tokio::time::timeout(limits.timeout, exchange).await {
             Err(_) => Attempt::failed(
                 ErrorKind::Timeout,
@@ -210,13 +210,23 @@ impl Fanout {
                 body: None,
                 headers: HeaderMap::new(),
             },
-            Ok(Ok((status, headers, Err(error)))) => Attempt {
-                status: Some(status),
+            // The answer broke off in its body: it is not an answer, so
+            // it reports no status.
+            Ok(Ok(client::Answer {
+                headers,
+                body: Err(error),
+                ..
+            })) => Attempt {
+                status: None,
                 error: Some(error),
                 body: None,
                 headers,
             },
-            Ok(Ok((status, headers, Ok(body)))) => Attempt {
+            Ok(Ok(client::Answer {
+                status,
+                headers,
+                body: Ok(body),
+            })) => Attempt {
                 headers,
                 status: Some(status),
                 error: (!status.is_success()).then(|| DeliveryError {
@@ -237,40 +247,42 @@ struct Schedule {
     deadline: Instant,
 }
 
-/// Each pod's URL. Parsing a URL is a large part of a delivery's cost, so
-/// pods that share one request (no plugin transformed it) get the URL
-/// parsed for the first of them, with only the address replaced.
+/// Each request's path as a URI. Pods that share one request (no plugin
+/// transformed it) share one parse.
 #[derive(Default)]
-struct PodUrls<'a> {
-    last: Option<(&'a Arc<PodRequest>, reqwest::Url)>,
+struct PodUris<'a> {
+    last: Option<(&'a Arc<PodRequest>, Result<Uri, String>)>,
 }
 
-impl<'a> PodUrls<'a> {
-    /// `http://{target}{path_and_query}`, or why it is not a valid URL.
-    fn url(
-        &mut self,
-        request: &'a Arc<PodRequest>,
-        target: &Target,
-    ) -> Result<reqwest::Url, String> {
-        let template = match &self.last {
-            Some((shared, url)) if Arc::ptr_eq(shared, request) => url.clone(),
-            _ => {
-                let text = format!("http://0.0.0.0{}", request.path_and_query);
-                let url = reqwest::Url::parse(&text).map_err(|error| {
-                    format!(
-                        "invalid upstream path {:?}: {error}",
-                        request.path_and_query
-                    )
-                })?;
-                self.last = Some((request, url.clone()));
-                url
-            }
-        };
-        let mut url = template;
-        url.set_ip_host(target.addr.ip())
-            .and_then(|()| url.set_port(Some(target.addr.port())))
-            .map_err(|()| format!("cannot address {} over http", target.addr))?;
-        Ok(url)
+impl<'a> PodUris<'a> {
+    /// The origin-form URI of `request`'s path and query, or why it is not
+    /// one.
+    fn uri(&mut self, request: &'a Arc<PodRequest>) -> Result<Uri, String> {
+        if let Some((shared, uri)) = &self.last
+            && Arc::ptr_eq(shared, request)
+        {
+            return uri.clone();
+        }
+        let uri = parse_path(&request.path_and_query);
+        self.last = Some((request, uri.clone()));
+        uri
+    }
+}
+
+/// `path_and_query` as an origin-form URI (`/path?query`).
+fn parse_path(path_and_query: &str) -> Result<Uri, String> {
+    let invalid = |error: &dyn std::fmt::Display| {
+        format!("invalid upstream path {path_and_query:?}: {error}")
+    };
+    if !path_and_query.starts_with('/') {
+        return Err(invalid(&"it does not start with `/`"));
+    }
+    let uri = path_and_query
+        .parse::<Uri>()
+        .map_err(|error| invalid(&error))?;
+    match uri.path_and_query() {
+        Some(parsed) if uri.scheme().is_none() && parsed.as_str() == path_and_query => Ok(uri),
+        _ => Err(invalid(&"it is not a path and query")),
     }
 }
 
@@ -323,89 +335,6 @@ fn backoff(base: Duration, attempts: u32) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-/// Reads the body, keeping at most `limit` bytes. Bodies much longer than
-/// the limit are not drained (the connection is closed instead).
-async fn read_capped(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<PodBody, DeliveryError> {
-    const DRAIN_LIMIT: usize = 1 << 20;
-    let mut kept = BytesMut::new();
-    let mut seen = 0usize;
-    while let Some(chunk) = response.chunk().await.map_err(|error| classify(&error))? {
-        seen += chunk.len();
-        if kept.len() < limit {
-            let room = limit - kept.len();
-            kept.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        }
-        if seen > limit.saturating_add(DRAIN_LIMIT) {
-            break;
-        }
-    }
-    Ok(PodBody {
-        truncated: seen > kept.len(),
-        bytes: kept.freeze(),
-    })
-}
-
-/// Sorts a client error into the fixed set of kinds, keeping the innermost
-/// cause as the detail (e.g. "Connection refused (os error 111)").
-fn classify(error: &reqwest::Error) -> DeliveryError {
-    classify_chain(error, error.is_connect(), error.is_timeout())
-}
-
-/// Sorts an HTTPS client's error like [`classify`].
-fn classify_tls(error: &PodTlsError) -> DeliveryError {
-    match error {
-        PodTlsError::Address(detail) => DeliveryError {
-            kind: ErrorKind::Protocol,
-            detail: detail.clone(),
-        },
-        PodTlsError::Exchange(error) => classify_chain(error, error.is_connect(), false),
-    }
-}
-
-/// [`classify`] for any client's error, given whether it happened while
-/// connecting or timed out.
-fn classify_chain(
-    error: &(dyn std::error::Error + 'static),
-    connect: bool,
-    timeout: bool,
-) -> DeliveryError {
-    let mut detail = error.to_string();
-    let mut kind = if connect {
-        ErrorKind::Connect
-    } else if timeout {
-        ErrorKind::Timeout
-    } else {
-        ErrorKind::Protocol
-    };
-    let mut source = error.source();
-    while let Some(cause) = source {
-        if kind == ErrorKind::Protocol {
-            if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-                use std::io::ErrorKind as Io;
-                if matches!(
-                    io.kind(),
-                    Io::ConnectionReset
-                        | Io::ConnectionAborted
-                        | Io::BrokenPipe
-                        | Io::UnexpectedEof
-                ) {
-                    kind = ErrorKind::Reset;
-                }
-            } else if let Some(hyper) = cause.downcast_ref::<hyper::Error>()
-                && (hyper.is_incomplete_message() || hyper.is_canceled())
-            {
-                kind = ErrorKind::Reset;
-            }
-        }
-        detail = cause.to_string();
-        source = cause.source();
-    }
-    DeliveryError { kind, detail }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,7 +343,7 @@ mod tests {
     use http::Method;
 
     #[test]
-    fn pod_urls_match_parsing_each_url_whole() {
+    fn pod_uris_are_parsed_once_per_request_and_only_as_paths() {
         let request = |path: &str| {
             Arc::new(PodRequest {
                 method: Method::POST,
@@ -423,27 +352,19 @@ mod tests {
                 body: Bytes::new(),
             })
         };
-        let target = |addr: &str| Target {
-            addr: addr.parse().unwrap(),
-            service: None,
-            index: 0,
-        };
         let shared = request("/cache/a%20b/../c?key=user:42&x=%2F");
         let other = request("/other");
-        let mut urls = PodUrls::default();
-        for (request, addr) in [
-            (&shared, "127.0.0.2:8080"),
-            (&shared, "10.42.0.7:80"),
-            (&shared, "[fd00::5]:9000"),
-            (&other, "127.0.0.3:8080"),
-            (&shared, "127.0.0.4:1"),
-        ] {
-            let whole = format!("http://{addr}{}", request.path_and_query);
-            assert_eq!(
-                urls.url(request, &target(addr)).unwrap(),
-                reqwest::Url::parse(&whole).unwrap(),
-                "{whole}"
-            );
+        let bad: Vec<_> = ["http://evil.example/x", "x", "/a b", "*"]
+            .into_iter()
+            .map(request)
+            .collect();
+        let mut uris = PodUris::default();
+        let first = uris.uri(&shared).unwrap();
+        assert_eq!(first, "/cache/a%20b/../c?key=user:42&x=%2F");
+        assert_eq!(uris.uri(&shared).unwrap(), first);
+        assert_eq!(uris.uri(&other).unwrap(), "/other");
+        for bad in &bad {
+            assert!(uris.uri(bad).is_err(), "{:?} accepted", bad.path_and_query);
         }
     }
 

@@ -3,17 +3,22 @@
 //! [`AppState::reload`], which builds it off to the side and swaps it in.
 //!
 //! The watcher watches the *directories* holding the configuration file and
-//! each plugin, not the files. Kubernetes updates a mounted ConfigMap by
-//! writing a new hidden directory and renaming a `..data` symlink over the
-//! old one; the files themselves are never written, so a watch on a file
-//! misses the change. Every event in a watched directory leads, after a
-//! short quiet period, to a re-read: the configuration and plugin files are
-//! hashed (with token and TLS files), and the router reloads only when the
-//! digest differs from the active one. SIGHUP reloads unconditionally.
+//! each plugin, token and TLS file, not the files. Kubernetes updates a
+//! mounted ConfigMap by writing a new hidden directory and renaming a
+//! `..data` symlink over the old one; the files themselves are never
+//! written, so a watch on a file misses the change. Only events that name
+//! one of those files, or a hidden `..` entry of a ConfigMap volume, count:
+//! a log file or an editor's backup in the same directory never triggers a
+//! reload. After a short quiet period the files are re-read and hashed,
+//! and the router reloads only when the digest differs from the active
+//! one, and from the last one it rejected: a rejected configuration is
+//! reported once, not again at every event, until its content changes.
+//! SIGHUP reloads unconditionally.
 
 use std::collections::BTreeSet;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -71,11 +76,7 @@ impl Snapshot {
                 Err(_) => digest.update(u64::MAX.to_le_bytes()),
             }
         }
-        let sha256 = digest
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let sha256 = hex(&digest.finalize());
         Ok(Self {
             config,
             origin: Origin {
@@ -85,9 +86,10 @@ impl Snapshot {
         })
     }
 
-    /// The directories to watch: the configuration file's and every
-    /// plugin, token and TLS file's.
-    fn directories(&self, path: &Path) -> BTreeSet<PathBuf> {
+    /// The files whose change calls for a reload, each as its directory
+    /// and name: the configuration file and every plugin, token and TLS
+    /// file.
+    fn files(&self, path: &Path) -> BTreeSet<(PathBuf, OsString)> {
         let tls_files = crate::tls::files(&self.config);
         std::iter::once(path)
             .chain(
@@ -103,9 +105,24 @@ impl Snapshot {
                     .filter_map(|set| set.file.as_deref()),
             )
             .chain(tls_files.iter().map(|(_, file)| file.as_path()))
-            .map(directory_of)
+            .map(|file| {
+                let name = file.file_name().unwrap_or_default().to_owned();
+                (directory_of(file), name)
+            })
             .collect()
     }
+}
+
+/// SHA-256 of the configuration file's bytes alone, in hex: what a
+/// configuration that cannot be parsed is remembered by.
+fn text_digest(path: &Path) -> Option<String> {
+    std::fs::read(path)
+        .ok()
+        .map(|bytes| hex(&Sha256::digest(bytes)))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn directory_of(path: &Path) -> PathBuf {
@@ -131,6 +148,9 @@ pub enum Outcome {
     Reloaded(ConfigInfo),
     /// The files hash to the active configuration's digest; nothing to do.
     Unchanged,
+    /// The files hash to the configuration rejected last; it was reported
+    /// then and is not checked again until it changes.
+    StillRejected,
 }
 
 /// Reloads one router from one configuration file; reloads never overlap.
@@ -139,52 +159,88 @@ pub struct Reloader {
     path: PathBuf,
     /// Held for the whole of a reload.
     serial: tokio::sync::Mutex<()>,
-    /// The directories to watch for the active configuration.
-    directories: std::sync::Mutex<BTreeSet<PathBuf>>,
+    /// The files to watch for the active configuration, shared with the
+    /// watcher's event filter.
+    files: Arc<Mutex<BTreeSet<(PathBuf, OsString)>>>,
+    /// The digest of the configuration rejected last (of its text alone
+    /// when it could not be parsed).
+    rejected: Mutex<Option<String>>,
 }
 
 impl Reloader {
     /// A reloader for the router `state`, which was started from
     /// `snapshot` of the file at `path`.
     pub fn new(state: Arc<AppState>, path: PathBuf, snapshot: &Snapshot) -> Self {
-        let directories = snapshot.directories(&path);
+        let files = snapshot.files(&path);
         Self {
             state,
             path,
             serial: tokio::sync::Mutex::new(()),
-            directories: std::sync::Mutex::new(directories),
+            files: Arc::new(Mutex::new(files)),
+            rejected: Mutex::new(None),
         }
     }
 
     /// Re-reads the configuration file and its plugins and swaps them in
-    /// (for [`Trigger::Watch`], only if they changed). On error the active
-    /// configuration keeps serving; the error is logged, counted and shown
-    /// by `/admin/config`.
+    /// (for [`Trigger::Watch`], only if they changed, and differ from the
+    /// configuration rejected last). On error the active configuration
+    /// keeps serving; the error is logged, counted and shown by
+    /// `/admin/config`.
     pub async fn reload(&self, trigger: Trigger) -> Result<Outcome, ReloadError> {
         let _serial = self.serial.lock().await;
         let path = self.path.clone();
-        let read = tokio::task::spawn_blocking(move || Snapshot::read(&path))
-            .await
-            .map_err(|error| ReloadError::Panicked(error.to_string()));
+        let read = tokio::task::spawn_blocking(move || {
+            Snapshot::read(&path).map_err(|error| (error, text_digest(&path)))
+        })
+        .await
+        .map_err(|error| ReloadError::Panicked(error.to_string()));
         let snapshot = match read {
             Ok(Ok(snapshot)) => snapshot,
-            Ok(Err(error)) => return Err(self.state.reject(error.into())),
+            Ok(Err((error, digest))) => {
+                if trigger == Trigger::Watch && self.was_rejected(digest.as_ref()) {
+                    return Ok(Outcome::StillRejected);
+                }
+                *self.rejected.lock().expect("rejected lock") = digest;
+                return Err(self.state.reject(error.into()));
+            }
             Err(error) => return Err(self.state.reject(error)),
         };
         if trigger == Trigger::Watch && snapshot.origin.sha256 == self.state.config_info().sha256 {
             // The files are the active configuration again (e.g. a bad
             // edit was undone): an earlier rejection no longer applies.
             self.state.clear_reload_failure();
+            *self.rejected.lock().expect("rejected lock") = None;
             return Ok(Outcome::Unchanged);
         }
-        let directories = snapshot.directories(&self.path);
-        let info = self.state.reload(snapshot.config, snapshot.origin).await?;
-        *self.directories.lock().expect("directories lock") = directories;
-        Ok(Outcome::Reloaded(info))
+        if trigger == Trigger::Watch && self.was_rejected(snapshot.origin.sha256.as_ref()) {
+            return Ok(Outcome::StillRejected);
+        }
+        let files = snapshot.files(&self.path);
+        let digest = snapshot.origin.sha256.clone();
+        match self.state.reload(snapshot.config, snapshot.origin).await {
+            Ok(info) => {
+                *self.files.lock().expect("files lock") = files;
+                *self.rejected.lock().expect("rejected lock") = None;
+                Ok(Outcome::Reloaded(info))
+            }
+            Err(error) => {
+                *self.rejected.lock().expect("rejected lock") = digest;
+                Err(error)
+            }
+        }
+    }
+
+    /// Whether `digest` is the configuration rejected last.
+    fn was_rejected(&self, digest: Option<&String>) -> bool {
+        digest.is_some() && self.rejected.lock().expect("rejected lock").as_ref() == digest
     }
 
     fn directories(&self) -> BTreeSet<PathBuf> {
-        self.directories.lock().expect("directories lock").clone()
+        let files = self.files.lock().expect("files lock");
+        files
+            .iter()
+            .map(|(directory, _)| directory.clone())
+            .collect()
     }
 }
 
@@ -196,7 +252,8 @@ pub fn watch(reloader: Arc<Reloader>, sighup: bool) -> JoinHandle<()> {
     let (events, mut changed) = mpsc::unbounded_channel();
     let mut hangups = sighup.then(hangup_signal).flatten();
     let mut directories = reloader.directories();
-    let mut watcher = watch_directories(&directories, events.clone());
+    let files = Arc::clone(&reloader.files);
+    let mut watcher = watch_directories(&directories, Arc::clone(&files), events.clone());
     tokio::spawn(async move {
         loop {
             let trigger = tokio::select! {
@@ -214,7 +271,7 @@ pub fn watch(reloader: Arc<Reloader>, sighup: bool) -> JoinHandle<()> {
             // slips between the two.
             let now = reloader.directories();
             if now != directories {
-                let replacement = watch_directories(&now, events.clone());
+                let replacement = watch_directories(&now, Arc::clone(&files), events.clone());
                 watcher = replacement.or(watcher);
                 directories = now;
             }
@@ -237,6 +294,12 @@ fn log(trigger: Trigger, outcome: &Result<Outcome, ReloadError>) {
                 "Configuration files unchanged; nothing to reload."
             );
         }
+        Ok(Outcome::StillRejected) => {
+            tracing::debug!(
+                ?trigger,
+                "Configuration files are the ones rejected last; not checked again."
+            );
+        }
         Err(error) => tracing::error!(
             ?trigger,
             %error,
@@ -245,16 +308,21 @@ fn log(trigger: Trigger, outcome: &Result<Outcome, ReloadError>) {
     }
 }
 
-/// A watcher sending `()` on every event in `directories`. A directory
-/// that cannot be watched is logged; SIGHUP still reloads.
+/// A watcher sending `()` on every event in `directories` that names one
+/// of `files` or a ConfigMap's hidden `..` entries. A directory that cannot
+/// be watched is logged; SIGHUP still reloads.
 fn watch_directories(
     directories: &BTreeSet<PathBuf>,
+    files: Arc<Mutex<BTreeSet<(PathBuf, OsString)>>>,
     events: mpsc::UnboundedSender<()>,
 ) -> Option<notify::RecommendedWatcher> {
     let handler = move |event: notify::Result<notify::Event>| match event {
         Ok(event) if event.kind.is_access() => {}
-        Ok(_) => {
-            let _ = events.send(());
+        Ok(event) => {
+            let files = files.lock().expect("files lock");
+            if event.paths.iter().any(|path| concerns(&files, path)) {
+                let _ = events.send(());
+            }
         }
         Err(error) => tracing::warn!(%error, "File watching reported an error."),
     };
@@ -275,6 +343,17 @@ fn watch_directories(
         }
     }
     Some(watcher)
+}
+
+/// Whether an event on `path` may change the configuration: it names one
+/// of `files`, or a hidden `..` entry (a ConfigMap volume swaps its files
+/// in through `..data` and timestamped `..` directories).
+fn concerns(files: &BTreeSet<(PathBuf, OsString)>, path: &Path) -> bool {
+    let Some(name) = path.file_name() else {
+        return true;
+    };
+    name.to_string_lossy().starts_with("..")
+        || files.contains(&(directory_of(path), name.to_owned()))
 }
 
 #[cfg(unix)]
@@ -301,4 +380,29 @@ async fn next_hangup(signal: &mut Option<tokio::signal::unix::Signal>) -> Option
 #[cfg(not(unix))]
 async fn next_hangup(_: &mut Option<()>) -> Option<()> {
     std::future::pending().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_named_files_and_configmap_entries_concern_the_watcher() {
+        let files: BTreeSet<(PathBuf, OsString)> = [
+            (PathBuf::from("/etc/br"), OsString::from("router.toml")),
+            (
+                PathBuf::from("/etc/br/plugins"),
+                OsString::from("shard.wasm"),
+            ),
+        ]
+        .into();
+        assert!(concerns(&files, Path::new("/etc/br/router.toml")));
+        assert!(concerns(&files, Path::new("/etc/br/plugins/shard.wasm")));
+        assert!(concerns(&files, Path::new("/etc/br/..data")));
+        assert!(concerns(&files, Path::new("/etc/br/..data_tmp")));
+        assert!(concerns(&files, Path::new("/etc/br/..2026_12_07_01")));
+        assert!(!concerns(&files, Path::new("/etc/br/router.log")));
+        assert!(!concerns(&files, Path::new("/etc/br/.router.toml.swp")));
+        assert!(!concerns(&files, Path::new("/etc/br/plugins/router.toml")));
+    }
 }

@@ -5,6 +5,10 @@
 //! configuration and outcomes from fixed sets; pod addresses, service names
 //! from requests and error texts never become labels.
 
+mod refusals;
+
+pub use refusals::{SUMMARY_INTERVAL, refused};
+
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -88,12 +92,13 @@ const PLUGIN_FAILURES: &str = "broadcast_router_plugin_failures_total";
 const DATAGRAMS: &str = "broadcast_router_udp_datagrams_total";
 const CONFIG_RELOADS: &str = "broadcast_router_config_reloads_total";
 const CONFIG_VERSION: &str = "broadcast_router_config_version";
+const POD_RESENDS: &str = "broadcast_router_pod_request_resends_total";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         BROADCASTS,
-        "Broadcasts by route and outcome (ok, failed, or why it was refused: no_targets, dns_error, refused, too_large, bad_request, unauthorized, forbidden, rate_limited, busy, overloaded, too_many_targets, loop, client_timeout, plugin_error, none_selected)."
+        "Broadcasts by route and outcome (ok, failed, or why it was refused: no_targets, dns_error, refused, too_large, bad_request, unauthorized, forbidden, rate_limited, busy, overloaded, too_many_targets, loop, client_timeout, headers_too_large, plugin_error, none_selected)."
     );
     describe_gauge!(BROADCASTS_IN_FLIGHT, "Broadcasts currently running.");
     describe_histogram!(BROADCAST_TARGETS, "Pods per broadcast (fan-out width).");
@@ -137,6 +142,10 @@ fn describe() {
     describe_gauge!(
         CONFIG_VERSION,
         "Version of the active configuration: 1 at start, one more per successful reload."
+    );
+    describe_counter!(
+        POD_RESENDS,
+        "Pod requests sent again on a new connection because the pod had closed the reused idle one before answering (not counted as retries)."
     );
     describe_counter!(
         DNS_STALE,
@@ -193,6 +202,12 @@ pub fn report_sent(route: &str, outcome: &'static str) {
 /// A report POST failed and will be retried.
 pub fn report_retry(route: &str) {
     counter!(REPORT_RETRIES, "route" => route.to_owned()).increment(1);
+}
+
+/// A pod request was sent again on a new connection: the pod had closed
+/// the idle connection it was first sent on.
+pub fn pod_request_resent() {
+    counter!(POD_RESENDS).increment(1);
 }
 
 /// Datagrams of a UDP broadcast were sent (`outcome`: sent or error).

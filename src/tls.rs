@@ -13,25 +13,16 @@
 //! static targets and templated services, the pod's IP address.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::io;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Duration;
 
-use http::Uri;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
@@ -212,15 +203,18 @@ fn read_roots(path: &Path) -> Result<RootCertStore, String> {
     Ok(roots)
 }
 
-/// The HTTPS client of `scheme = "https"` routes sharing one CA bundle and
-/// server name: pooled, HTTP/1.1, verifying every pod's certificate.
+/// The TLS side of `scheme = "https"` routes sharing one CA bundle and
+/// server name: connects to a pod and verifies its certificate. Fan-out
+/// pools the connections it makes.
 #[derive(Clone)]
 pub struct PodTls {
-    client: Client<PodConnector, reqwest::Body>,
+    connector: tokio_rustls::TlsConnector,
+    /// The name pods are verified as (`None`: their IP).
+    server_name: Option<ServerName<'static>>,
     /// The CA bundle, for logs.
     ca_file: Arc<Path>,
-    /// The name pods are verified as (`None`: their IP).
-    server_name: Option<Arc<str>>,
+    /// Tells this client's connections apart from another's in a pool.
+    identity: Arc<()>,
 }
 
 impl std::fmt::Debug for PodTls {
@@ -237,7 +231,6 @@ impl PodTls {
     /// as `server_name` (`None`: each pod's IP address).
     fn new(ca_file: &Path, server_name: Option<String>) -> Result<Self, String> {
         let roots = read_roots(ca_file)?;
-        let name = server_name.as_deref().map(Arc::from);
         let server_name = server_name
             .map(|name| {
                 ServerName::try_from(name.clone())
@@ -250,67 +243,42 @@ impl PodTls {
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        let connector = PodConnector {
-            tls: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            server_name,
-        };
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Ok(Self {
-            client,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            server_name,
             ca_file: ca_file.into(),
-            server_name: name,
+            identity: Arc::new(()),
         })
     }
 
-    /// Sends `request` (an `http://` URL to the pod's address) over TLS.
-    pub async fn execute(
-        &self,
-        request: reqwest::Request,
-    ) -> Result<reqwest::Response, PodTlsError> {
-        let mut url = request.url().clone();
-        let _ = url.set_scheme("https");
-        let uri = Uri::try_from(url.as_str())
-            .map_err(|error| PodTlsError::Address(format!("cannot address {url}: {error}")))?;
-        let mut request = http::Request::<reqwest::Body>::try_from(request)
-            .map_err(|error| PodTlsError::Address(error.to_string()))?;
-        *request.uri_mut() = uri;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(PodTlsError::Exchange)?;
-        Ok(reqwest::Response::from(response.map(reqwest::Body::wrap)))
+    /// An id that differs between clients (connections made by one must
+    /// not be reused by another, which may trust other CAs).
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.identity) as usize
     }
-}
 
-/// Why a request to a pod over TLS failed (fan-out sorts it into a
-/// delivery error kind).
-#[derive(Debug, thiserror::Error)]
-pub enum PodTlsError {
-    /// The request cannot be addressed to the pod.
-    #[error("{0}")]
-    Address(String),
-    /// Connecting, the handshake or the exchange failed.
-    #[error(transparent)]
-    Exchange(hyper_util::client::legacy::Error),
-}
-
-/// Connects to a pod's IP and port and does the TLS handshake.
-#[derive(Clone)]
-struct PodConnector {
-    tls: tokio_rustls::TlsConnector,
-    server_name: Option<ServerName<'static>>,
+    /// Connects to the pod at `addr` and does the TLS handshake, verifying
+    /// its certificate.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<TlsStream<TcpStream>, ConnectError> {
+        let tcp = TcpStream::connect(addr).await.map_err(ConnectError::Tcp)?;
+        let _ = tcp.set_nodelay(true);
+        let name = self
+            .server_name
+            .clone()
+            .unwrap_or(ServerName::IpAddress(addr.ip().into()));
+        self.connector
+            .connect(name.clone(), tcp)
+            .await
+            .map_err(|error| ConnectError::Handshake {
+                name: name.to_str().into_owned(),
+                error,
+            })
+    }
 }
 
 /// Why no TLS connection to a pod was made.
 #[derive(Debug, thiserror::Error)]
-enum ConnectError {
-    /// The URL does not hold an IP address and port.
-    #[error("`{0}` is not a pod address")]
-    Address(Uri),
+pub enum ConnectError {
     /// The TCP connection failed.
     #[error("{0}")]
     Tcp(io::Error),
@@ -322,93 +290,6 @@ enum ConnectError {
         /// What rustls reported.
         error: io::Error,
     },
-}
-
-impl tower::Service<Uri> for PodConnector {
-    type Response = TokioIo<PodStream>;
-    type Error = ConnectError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ConnectError>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ConnectError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let ip = uri
-                .host()
-                .map(|host| host.trim_start_matches('[').trim_end_matches(']'))
-                .and_then(|host| host.parse::<IpAddr>().ok());
-            let (Some(ip), Some(port)) = (ip, uri.port_u16()) else {
-                return Err(ConnectError::Address(uri));
-            };
-            let tcp = TcpStream::connect((ip, port))
-                .await
-                .map_err(ConnectError::Tcp)?;
-            let _ = tcp.set_nodelay(true);
-            let name = this
-                .server_name
-                .clone()
-                .unwrap_or(ServerName::IpAddress(ip.into()));
-            let stream = this.tls.connect(name.clone(), tcp).await.map_err(|error| {
-                ConnectError::Handshake {
-                    name: name.to_str().into_owned(),
-                    error,
-                }
-            })?;
-            Ok(TokioIo::new(PodStream(stream)))
-        })
-    }
-}
-
-/// A TLS connection to a pod.
-struct PodStream(TlsStream<TcpStream>);
-
-impl Connection for PodStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for PodStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for PodStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
 }
 
 #[cfg(test)]

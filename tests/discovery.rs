@@ -476,3 +476,63 @@ async fn resolve_command_prints_the_current_targets() {
         "the routes are listed: {stderr}"
     );
 }
+
+/// A DNS server that stops answering (a black hole, not a refusal) makes
+/// every lookup wait for its whole timeout. Once a Service's answer has
+/// expired, broadcasts use it while the lookup runs in the background,
+/// so none of them waits for that timeout; the fresh answer is used once
+/// DNS answers again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_dns_server_never_holds_a_broadcast_while_a_stale_answer_exists() {
+    let dns = TestDns::start().await;
+    let pods = Pods::start(214, &[Behaviour::Ok, Behaviour::Ok, Behaviour::Ok]).await;
+    dns.set(WEB, &pods.ips()[..2], 1).await;
+    // Lookups time out only after 8 s: a broadcast that waited for one
+    // would outlast the client's 3 s of patience below.
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"5s\"\n\n[dns]\nnameservers = [\"{}\"]\nmin_ttl = \"1s\"\nmax_ttl = \"1s\"\nserve_stale_for = \"5m\"\ntimeout = \"8s\"\nattempts = 1\n{}",
+        dns.addr(),
+        service_route("web-silent", "/web", WEB, pods.port)
+    );
+    let router = TestRouter::start(&config).await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let post = || async {
+        let response = client
+            .post(format!("{}/web", router.url))
+            .body("x")
+            .send()
+            .await
+            .expect("the broadcast answers without waiting for DNS");
+        let status = response.status();
+        let json: serde_json::Value =
+            serde_json::from_slice(&response.bytes().await.unwrap()).unwrap();
+        (status, json)
+    };
+    let (status, json) = post().await;
+    assert_eq!(status, StatusCode::OK, "{json}");
+    assert_eq!(json["targets"], 2);
+
+    dns.set_silent(true);
+    // Past the 1 s TTL, every broadcast needs a lookup DNS never answers.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..5 {
+        let (status, json) = post().await;
+        assert_eq!(status, StatusCode::OK, "{json}");
+        assert_eq!(json["targets"], 2, "the stale answer is used: {json}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // DNS answers again, with a third pod: the next lookup sees it (once
+    // the lookup lost in the black hole has timed out).
+    dns.set(WEB, &pods.ips(), 1).await;
+    dns.set_silent(false);
+    eventually("the fresh answer is used once DNS answers", || async {
+        let (status, json) = post().await;
+        (status == StatusCode::OK && json["targets"] == 3).then_some(())
+    })
+    .await;
+}

@@ -8,6 +8,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use broadcast_router::reload::{self, Outcome, Reloader, Snapshot, Trigger};
 use broadcast_router::server::{self, Running};
@@ -497,4 +498,96 @@ async fn the_serve_command_reloads_on_sighup_and_drains_on_sigterm() {
         .unwrap();
     assert!(status.success(), "a drained router exits cleanly: {status}");
     assert_eq!(pods.total(), 1);
+}
+
+/// The fault the reload storm came from: the router's own log file lives
+/// beside its configuration, so each rejection's log line was a change in
+/// the watched directory that triggered another check, which failed and
+/// logged again. Now only the configuration's own files count, and a
+/// rejected content is not checked again until it changes: one rejection
+/// is reported once, however long the log keeps growing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rejected_edit_is_reported_once_with_the_log_file_beside_the_config() {
+    let pods = Pods::start(102, &[Behaviour::Ok]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.toml");
+    let log_path = dir.path().join("router.log");
+    let (listen, admin) = (free_port(), free_port());
+    let valid = format!(
+        "[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\n[[routes]]\nname = \"invalidate\"\npath = \"/cache/invalidate\"\ntargets = {}\n",
+        pods.targets_toml()
+    );
+    std::fs::write(&path, &valid).unwrap();
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_broadcast-router"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .expect("the router starts");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let config = || async {
+        let response = client
+            .get(format!("http://127.0.0.1:{admin}/admin/config"))
+            .send()
+            .await
+            .ok()?;
+        serde_json::from_slice::<Value>(&response.bytes().await.ok()?).ok()
+    };
+    eventually("the router serves version 1", || async {
+        (config().await?["active"]["version"].as_u64() == Some(1)).then_some(())
+    })
+    .await;
+
+    std::fs::write(&path, valid.replace("targets =", "targets_typo =")).unwrap();
+    eventually("the invalid edit is rejected", || async {
+        config().await?["last_reload_failure"]["error"]
+            .as_str()
+            .map(|_| ())
+    })
+    .await;
+    let rejections = || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .matches("Configuration reload rejected")
+            .count()
+    };
+    // Give a storm time to show: at five rejections a second it would
+    // have logged a dozen by now. Other writes beside the configuration
+    // (an editor's swap file) are no changes either.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(dir.path().join(".router.toml.swp"), "x").unwrap();
+    }
+    assert_eq!(
+        rejections(),
+        1,
+        "{}",
+        std::fs::read_to_string(&log_path).unwrap()
+    );
+
+    // A different invalid content is a new rejection; fixing it reloads.
+    std::fs::write(&path, valid.replace("targets =", "targets_other =")).unwrap();
+    eventually("the second invalid edit is rejected", || async {
+        (rejections() == 2).then_some(())
+    })
+    .await;
+    std::fs::write(
+        &path,
+        valid.replace("invalidate\"\npath", "invalidate\"\nretries = 1\npath"),
+    )
+    .unwrap();
+    eventually("the fixed file is reloaded", || async {
+        (config().await?["active"]["version"].as_u64() == Some(2)).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(rejections(), 2);
+    signal(&child, "TERM");
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status}");
 }

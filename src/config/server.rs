@@ -37,6 +37,12 @@ pub struct ServerConfig {
     /// that would go above it is refused with 429 before anything is sent.
     /// Read at start; a reload keeps the first value.
     pub max_in_flight_deliveries: usize,
+    /// How long an idle keep-alive connection to a pod is kept for the
+    /// next request; `0s` opens a new connection for every request. Keep
+    /// it below the pods' own keep-alive timeout (Node.js: 5s, nginx: 75s)
+    /// so the router, not the pod, closes idle connections.
+    #[serde(with = "humantime_serde")]
+    pub pod_idle_timeout: Duration,
     /// Token sets (`[tokens.NAME]`) whose tokens may read `/metrics` and
     /// `/admin/*`; empty leaves them open. `/healthz` and `/readyz` are
     /// always open.
@@ -82,6 +88,7 @@ impl Default for ServerConfig {
             max_header_bytes: ByteSize::kib(16),
             client_timeout: Duration::from_secs(10),
             max_in_flight_deliveries: 10_000,
+            pod_idle_timeout: Duration::from_secs(4),
             admin_auth: Vec::new(),
             plugin_cache_dir: None,
             tls: None,

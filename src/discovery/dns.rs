@@ -6,7 +6,11 @@
 //! - in the last quarter, broadcasts still use it and one background
 //!   refresh runs, so a busy route never waits on DNS;
 //! - once expired, the next broadcast waits for a fresh answer (concurrent
-//!   broadcasts share that one query);
+//!   broadcasts share that one query), but at most [`FRESH_ANSWER_WAIT`]
+//!   while the expired answer may still be served stale: then it uses that
+//!   one and the lookup finishes in the background (stale while
+//!   revalidate), so a DNS outage never makes a broadcast wait for the
+//!   lookup timeout;
 //! - if DNS fails, the last good answer keeps being served until
 //!   `serve_stale_for` after it expired; each failure is logged and counted,
 //!   and while failing, DNS is asked again at most once per `min_ttl`.
@@ -44,6 +48,11 @@ pub enum LookupError {
     #[error("DNS lookup failed: {0}")]
     Failed(String),
 }
+
+/// How long a broadcast waits for a fresh answer once its Service's answer
+/// expired, before it uses the expired one (the lookup carries on in the
+/// background). DNS in a cluster answers well within it.
+pub const FRESH_ANSWER_WAIT: Duration = Duration::from_millis(100);
 
 /// Names kept before unusable entries are pruned.
 const MAX_ENTRIES: usize = 4096;
@@ -171,7 +180,35 @@ impl DnsCache {
         {
             return state.fallback(self, now);
         }
-        self.refresh(service, &entry, now).await
+        match &state.answer {
+            // Stale while revalidating: the lookup runs in its own task;
+            // its answer is used if it comes quickly, and the stale one if
+            // not, so no broadcast waits for a DNS timeout while a stale
+            // answer can still be served.
+            Some(answer) if self.servable_stale(answer, now) => {
+                if entry.refreshing.try_lock().is_err() {
+                    // Another broadcast's lookup is running: only that one
+                    // waits (briefly) for it.
+                    telemetry::dns_stale_answer();
+                    return Ok(answer.ips.clone());
+                }
+                let cache = Arc::clone(self);
+                let (entry, name) = (Arc::clone(&entry), service.to_owned());
+                let refresh = tokio::spawn(async move { cache.refresh(&name, &entry, now).await });
+                match tokio::time::timeout(FRESH_ANSWER_WAIT, refresh).await {
+                    Ok(Ok(result)) => result,
+                    Ok(Err(_)) | Err(_) => {
+                        telemetry::dns_stale_answer();
+                        tracing::debug!(
+                            service,
+                            "DNS is slow to answer; using the last good answer while it does."
+                        );
+                        Ok(answer.ips.clone())
+                    }
+                }
+            }
+            _ => self.refresh(service, &entry, now).await,
+        }
     }
 
     fn entry(&self, service: &str) -> Arc<Entry> {

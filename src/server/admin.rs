@@ -41,8 +41,9 @@ async fn require_token(
     match state.admin_guard().check(request.headers()) {
         Ok(()) => next.run(request).await,
         Err(denied) => {
-            tracing::info!(path = %request.uri().path(), %denied, "Admin request refused.");
-            ApiError::Denied(denied).into_response()
+            let error = ApiError::Denied(denied);
+            telemetry::refused("admin", error.outcome(), None, &error);
+            error.into_response()
         }
     }
 }

@@ -55,6 +55,21 @@ pub enum ApiError {
     /// A rate, concurrency or delivery limit was hit (429).
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// The request head has more header fields, or more bytes, than the
+    /// listener's `max_header_count` or `max_header_bytes` (431).
+    #[error(
+        "the request has {count} header fields and a {bytes}-byte head; the limits are {max_count} fields and {max_bytes} bytes"
+    )]
+    HeadersTooLarge {
+        /// Header fields received.
+        count: usize,
+        /// Bytes of request line and headers.
+        bytes: usize,
+        /// `max_header_count`.
+        max_count: usize,
+        /// `max_header_bytes` (at least 8 KiB).
+        max_bytes: usize,
+    },
     /// The client took longer than `client_timeout` to send the body.
     #[error("the request body did not arrive within {0:?}")]
     ClientTimeout(std::time::Duration),
@@ -76,6 +91,7 @@ impl ApiError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ApiError::ClientTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooLarge { .. }
             | ApiError::NotStarted(NotStarted::DatagramTooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
@@ -116,6 +132,7 @@ impl ApiError {
                 }
             }
             ApiError::ClientTimeout(_) => "client_timeout",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::TooLarge { .. }
             | ApiError::NotStarted(NotStarted::DatagramTooLarge { .. }) => "too_large",
             ApiError::NotStarted(NotStarted::TooManyTargets { .. }) => "too_many_targets",

@@ -166,10 +166,11 @@ async fn handle(
     }
 }
 
-/// Answers a refused request (and counts and logs the refusal).
+/// Answers a refused request, counting it and logging it without
+/// flooding the log (see [`telemetry::refused`]).
 fn reject(route: &str, id: Option<&str>, error: ApiError) -> Response {
     telemetry::broadcast_rejected(route, error.outcome());
-    tracing::info!(route, id, source = %error.blame(), %error, "Broadcast refused.");
+    telemetry::refused(route, error.outcome(), id, &error);
     error.into_answer(route, id)
 }
 

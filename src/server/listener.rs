@@ -22,6 +22,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+use super::error::ApiError;
+use crate::telemetry;
+use axum::response::IntoResponse;
+
 /// What a client connection may cost before it is answered or closed.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientLimits {
@@ -49,11 +53,19 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let mut http = hyper::server::conn::http1::Builder::new();
+    // The limits are checked on each parsed request (431 with a JSON
+    // error, see `head_refusal`); hyper's own, looser, bounds stop heads
+    // far beyond them before they are buffered whole (431 without a body).
+    // hyper's read buffer cannot be smaller than 8 KiB.
     http.timer(TokioTimer::new())
-        .max_headers(limits.max_headers)
-        // hyper's read buffer bounds the request head; it cannot be
-        // smaller than 8 KiB.
-        .max_buf_size(limits.max_header_bytes.max(8192))
+        .max_headers(limits.max_headers.saturating_add(HARD_EXTRA_HEADERS))
+        .max_buf_size(
+            limits
+                .max_header_bytes
+                .max(8192)
+                .saturating_mul(2)
+                .saturating_add(HARD_EXTRA_BYTES),
+        )
         .header_read_timeout(limits.header_read_timeout);
     let graceful = GracefulShutdown::new();
     loop {
@@ -76,6 +88,9 @@ pub async fn serve(
             request.extensions_mut().insert(ConnectInfo(peer));
             let app = app.clone();
             async move {
+                if let Some(refusal) = head_refusal(&request, limits) {
+                    return Ok(refusal.into_response());
+                }
                 let response = app.oneshot(request.map(Body::new)).await;
                 Ok::<_, Infallible>(response.unwrap_or_else(|never| match never {}))
             }
@@ -118,6 +133,40 @@ where
     if let Err(error) = connection.await {
         tracing::debug!(%peer, %error, "Client connection ended with an error.");
     }
+}
+
+/// Headers hyper accepts beyond `max_header_count` before it refuses a
+/// request itself.
+const HARD_EXTRA_HEADERS: usize = 64;
+/// Bytes hyper buffers beyond twice `max_header_bytes` before it refuses a
+/// request itself.
+const HARD_EXTRA_BYTES: usize = 64 << 10;
+
+/// 431 (as a JSON error, like every other refusal) for a request with more
+/// header fields, or a longer head, than the limits allow.
+fn head_refusal<B>(request: &hyper::Request<B>, limits: ClientLimits) -> Option<ApiError> {
+    let headers = request.headers();
+    let count = headers.len();
+    // The request line and each `name: value` line with its CRLF.
+    let bytes = request.method().as_str().len()
+        + request.uri().to_string().len()
+        + "  HTTP/1.1\r\n\r\n".len()
+        + headers
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    let allowed_bytes = limits.max_header_bytes.max(8192);
+    if count > limits.max_headers || bytes > allowed_bytes {
+        let error = ApiError::HeadersTooLarge {
+            count,
+            bytes,
+            max_count: limits.max_headers,
+            max_bytes: allowed_bytes,
+        };
+        telemetry::refused("listener", error.outcome(), None, &error);
+        return Some(error);
+    }
+    None
 }
 
 /// The client's address, as [`serve`] attaches it to every request.

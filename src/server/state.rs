@@ -138,11 +138,14 @@ impl Generation {
         let config = &loaded.config;
         let with_dns = loaded.uses_dns();
         let broadcaster = match previous {
-            Some(previous) => previous.reconfigured(&config.dns, with_dns)?,
+            Some(previous) => {
+                previous.reconfigured(&config.dns, with_dns, config.server.pod_idle_timeout)?
+            }
             None => Broadcaster::new(
                 &config.dns,
                 with_dns,
                 config.server.max_in_flight_deliveries,
+                config.server.pod_idle_timeout,
             )?,
         };
         let info = ConfigInfo {

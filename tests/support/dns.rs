@@ -44,6 +44,7 @@ struct ZoneHandler {
     zone: Arc<Mutex<Zone>>,
     queries: Arc<AtomicUsize>,
     serving: Arc<AtomicBool>,
+    silent: Arc<AtomicBool>,
 }
 
 impl ZoneHandler {
@@ -110,6 +111,11 @@ impl RequestHandler for ZoneHandler {
             return serve_failed(request);
         }
         self.queries.fetch_add(1, Ordering::SeqCst);
+        if self.silent.load(Ordering::SeqCst) {
+            // A black hole: the query is read and never answered, so the
+            // client waits for its whole timeout.
+            std::future::pending::<()>().await;
+        }
 
         let response_edns = request.edns.as_ref().map(|request_edns| {
             let mut edns = Edns::new();
@@ -199,6 +205,12 @@ impl TestDns {
             .lock()
             .expect("test DNS zone lock poisoned")
             .remove(&fqdn(name));
+    }
+
+    /// Makes the server read queries and never answer them (`true`), as a
+    /// DNS server behind a broken network does, or answer again (`false`).
+    pub fn set_silent(&self, silent: bool) {
+        self.handler.silent.store(silent, Ordering::SeqCst);
     }
 
     /// Number of queries received so far (all types, UDP and TCP, across restarts).

@@ -42,6 +42,16 @@ pub enum Behaviour {
     Gated(Gate),
     /// Waits this long, then answers 200.
     Delay(Duration),
+    /// Answers 200 to the first request of each connection (keeping it
+    /// open), and closes the connection without reading or answering when
+    /// a second request arrives on it: what a pod that closes an idle
+    /// connection at the moment it is reused looks like to the router.
+    /// Requests closed on are not recorded: the pod never handled them.
+    OneRequestPerConnection,
+    /// Answers 200, and closes a keep-alive connection that stays idle
+    /// for this long (as Node.js does after 5 s, or many Python servers at
+    /// once).
+    CloseIdleAfter(Duration),
 }
 
 /// A gate pods wait on until the test opens it.
@@ -90,12 +100,19 @@ pub struct Pod {
     /// Its address.
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Received>>>,
+    unanswered: Arc<AtomicUsize>,
 }
 
 impl Pod {
     /// Every request received so far, in arrival order.
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    /// Requests a [`Behaviour::OneRequestPerConnection`] pod closed the
+    /// connection on, unread and unanswered.
+    pub fn unanswered(&self) -> usize {
+        self.unanswered.load(Ordering::SeqCst)
     }
 
     /// How many requests arrived.
@@ -144,6 +161,7 @@ impl Pods {
                 let pod = Pod {
                     addr,
                     received: Arc::default(),
+                    unanswered: Arc::default(),
                 };
                 let counters = (in_flight.clone(), peak.clone());
                 serve(listener, pod.clone(), behaviour.clone(), counters);
@@ -212,6 +230,12 @@ fn serve(
                 }
             });
         }
+        Behaviour::OneRequestPerConnection => {
+            tokio::spawn(serve_per_connection(listener, pod, None));
+        }
+        Behaviour::CloseIdleAfter(idle) => {
+            tokio::spawn(serve_per_connection(listener, pod, Some(idle)));
+        }
         behaviour => {
             let failures = Arc::new(AtomicUsize::new(0));
             let app = axum::Router::new().fallback(move |request: Request| {
@@ -268,6 +292,53 @@ async fn answer(
             tokio::time::sleep(*delay).await;
             ok()
         }
-        Behaviour::Refuse | Behaviour::Reset => unreachable!("served without HTTP"),
+        Behaviour::Refuse
+        | Behaviour::Reset
+        | Behaviour::OneRequestPerConnection
+        | Behaviour::CloseIdleAfter(_) => unreachable!("served by its own loop"),
+    }
+}
+
+/// Serves each connection with hyper: with `idle`, answering every
+/// request and closing the connection after `idle` without a new one;
+/// without, answering only the first request and closing the connection
+/// when a second one arrives.
+async fn serve_per_connection(listener: TcpListener, pod: Pod, idle: Option<Duration>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+
+    while let Ok((stream, _)) = listener.accept().await {
+        let pod = pod.clone();
+        let served = Arc::new(AtomicUsize::new(0));
+        let service =
+            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                let pod = pod.clone();
+                let served = served.clone();
+                async move {
+                    if idle.is_none() && served.fetch_add(1, Ordering::SeqCst) > 0 {
+                        pod.unanswered.fetch_add(1, Ordering::SeqCst);
+                        // Close instead of answering: an error ends the
+                        // connection without a response.
+                        return Err(std::io::Error::other("closing the reused connection"));
+                    }
+                    let response = answer(
+                        &pod,
+                        &Behaviour::Ok,
+                        &AtomicUsize::new(0),
+                        request.map(axum::body::Body::new),
+                    )
+                    .await;
+                    Ok(response)
+                }
+            });
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new()).keep_alive(true);
+        if let Some(idle) = idle {
+            // hyper's header read timeout also runs while a keep-alive
+            // connection waits for its next request.
+            http.header_read_timeout(idle);
+        }
+        tokio::spawn(async move {
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
+        });
     }
 }
