@@ -205,9 +205,12 @@ impl Route {
     }
 }
 
-/// A captured path value that would climb out of `upstream_path`.
+/// A path (or captured value) that could climb out of `upstream_path`
+/// or the route's own path on a pod's server.
 #[derive(Debug, thiserror::Error)]
-#[error("the path contains a `.` or `..` segment, which cannot be forwarded")]
+#[error(
+    "the path contains a `.` or `..` segment (also as `..;`) or a backslash, which cannot be forwarded"
+)]
 pub struct UnsafePath;
 
 /// Characters escaped in a forwarded path segment: controls, space, `%`,
@@ -230,10 +233,14 @@ const SEGMENT: &AsciiSet = &CONTROLS
     .add(b'|')
     .add(b'}');
 
-/// Whether a path segment is, or percent-decodes to, `.` or `..`.
+/// Whether a path segment could climb out of its place on some server:
+/// it is, or percent-decodes to, `.` or `..`, also with path parameters
+/// (`..;jsessionid=1`, which Tomcat and others read as `..`), or it holds
+/// a backslash (`%5c`), which some servers read as `/`.
 fn is_dot_segment(segment: &str) -> bool {
     let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-    decoded == "." || decoded == ".."
+    let before_parameters = decoded.split(';').next().unwrap_or_default();
+    before_parameters == "." || before_parameters == ".." || decoded.contains('\\')
 }
 
 fn encode_segment(segment: &str) -> Result<String, UnsafePath> {
@@ -328,6 +335,18 @@ mod tests {
         assert_eq!(raw("/x/a/b?q=1").unwrap(), "/x/a/b?q=1");
         assert!(raw("/x/../admin").is_err());
         assert!(raw("/x/%2e%2E/admin").is_err());
+        assert!(raw("/x/..;/admin").is_err(), "Tomcat reads `..;` as `..`");
+        assert!(raw("/x/..;jsessionid=1/admin").is_err());
+        assert!(raw("/x/%2e%2e%3b/admin").is_err());
+        assert!(
+            raw("/x/a%5c..%5cadmin").is_err(),
+            "a backslash is `/` to some servers"
+        );
+        assert!(raw("/x/a%5Cb").is_err());
+        assert_eq!(raw("/x/a;b=1/c").unwrap(), "/x/a;b=1/c");
+        assert_eq!(raw("/x/...").unwrap(), "/x/...");
+        assert!(forward("..;/admin", "/web/x").is_err());
+        assert!(forward("a\\..\\admin", "/web/x").is_err());
     }
 
     /// The route of one validated `[[routes]]` table.

@@ -135,6 +135,9 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
             }
         }
     });
+    state
+        .admin_on_loopback
+        .store(admin_addr.ip().is_loopback(), Ordering::Relaxed);
     state.ready.store(true, Ordering::Relaxed);
     tracing::info!(%addr, %admin_addr, routes = state.config_info().routes.len(), "Router listening.");
     Ok(Running {

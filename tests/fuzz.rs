@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | `config` | [`Config::parse`] | never panics; gives a `Config`, or problems that all point inside the text; the same text always gives the same problems |
 //! | `frame`, `frame_round_trip` | [`frame::decode`], [`frame::encode`] | never panics; accepts exactly the well-formed datagrams, and those re-encode to the same bytes; encode → decode round-trips |
-//! | `route` | [`Route::service_name`], [`Route::upstream_path_and_query`] | the allow-list guard lets through exactly the labels docs/configuration.md allows, and the name is the template filled in; the forwarded path stays under `upstream_path`, keeps the query, and is refused exactly for `.`/`..` segments |
+//! | `route` | [`Route::service_name`], [`Route::upstream_path_and_query`] | the allow-list guard lets through exactly the labels docs/configuration.md allows, and the name is the template filled in; the forwarded path stays under `upstream_path`, keeps the query, and is refused exactly for `.`/`..` segments (also `..;`) and backslashes |
 //! | `plugin_patch` | [`bindings::apply`] | never panics; a patch that is not valid HTTP is refused; an accepted one gives a request whose URL stays on the pod and whose headers are what the patch said |
 //! | `plugin_verdict` | [`bindings::check_verdict`] | never panics; accepts exactly the statuses 200–599 with a valid content type, unchanged |
 //!
@@ -832,7 +832,8 @@ fn check_service_name(routes: &(Route, Route), requested: &str) -> Result<(), Te
 
 /// The forwarded path stays under `upstream_path`, is a valid request
 /// target, keeps the client's query, and refuses exactly the captured
-/// values with a `.` or `..` segment.
+/// values with a `.` or `..` segment (also with `;parameters`, which
+/// Tomcat strips) or a backslash (a `/` to some servers).
 fn check_upstream_path(route: &Route, rest: &str) -> Result<(), TestCaseError> {
     let params = [
         ("service".to_owned(), "web".to_owned()),
@@ -841,7 +842,8 @@ fn check_upstream_path(route: &Route, rest: &str) -> Result<(), TestCaseError> {
     let uri: axum::http::Uri = "/n/web/x?q=1".parse().expect("uri");
     let dot_segment = rest.split('/').any(|segment| {
         let decoded = percent_encoding::percent_decode_str(segment).decode_utf8_lossy();
-        decoded == "." || decoded == ".."
+        let name = decoded.split(';').next().unwrap_or_default();
+        name == "." || name == ".." || decoded.contains('\\')
     });
     match route.upstream_path_and_query(&uri, &params) {
         Err(_) => prop_assert!(dot_segment, "{:?} refused", rest),

@@ -557,3 +557,227 @@ async fn the_listener_limits_header_count_size_and_slow_clients() {
     assert_eq!(post_with(&router, None).await.status, StatusCode::OK);
     router.shutdown().await;
 }
+
+/// A refused request answers 431 with the same JSON error document as
+/// every other refusal, not an empty body.
+#[tokio::test]
+async fn too_many_or_too_large_headers_get_a_json_431() {
+    let pods = Pods::start(46, &[Behaviour::Ok]).await;
+    let config = format!(
+        "{}max_header_count = 10\nmax_header_bytes = \"8KiB\"\n{}",
+        preamble(None),
+        route(&pods.targets_toml(), "")
+    );
+    let mut router = TestRouter::start(&config).await;
+    let addr = router.url.trim_start_matches("http://").to_owned();
+    let many: String = (0..20).map(|i| format!("x-filler-{i}: {i}\r\n")).collect();
+    let huge = format!("x-huge: {}\r\n", "a".repeat(20 * 1024));
+    for extra in [many, huge] {
+        let answer = raw_exchange(
+            &addr,
+            format!("POST /cache/invalidate HTTP/1.1\r\nhost: r\r\n{extra}content-length: 0\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+        assert!(
+            answer.contains("content-type: application/json"),
+            "{answer}"
+        );
+        let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let json: serde_json::Value = serde_json::from_str(body).expect("a JSON body");
+        assert_eq!(json["ok"], false);
+        assert_eq!(json["source"], "client");
+        assert!(
+            json["error"]
+                .as_str()
+                .unwrap()
+                .contains("the limits are 10 fields and 8192 bytes"),
+            "{json}"
+        );
+    }
+    assert_eq!(pods.total(), 0);
+    router.shutdown().await;
+}
+
+/// `..;` (which Tomcat and others read as `..`) and backslashes (a `/` to
+/// some servers), raw or percent-encoded, are refused like `..`.
+#[tokio::test]
+async fn path_parameters_and_backslashes_cannot_climb_out_of_the_path() {
+    let pods = Pods::start(47, &[Behaviour::Ok]).await;
+    let config = format!(
+        "{}\n[[routes]]\nname = \"files\"\npath = \"/files/{{*rest}}\"\ntargets = {}\n\n[[routes]]\nname = \"api\"\npath = \"/api/{{*rest}}\"\nupstream_path = \"/v1/{{rest}}\"\ntargets = {}\n",
+        preamble(None),
+        pods.targets_toml(),
+        pods.targets_toml()
+    );
+    let mut router = TestRouter::start(&config).await;
+    for path in [
+        "/files/..;/admin",
+        "/files/..;jsessionid=1/admin",
+        "/files/%2e%2e;/admin",
+        "/files/a%5c..%5cadmin",
+        "/files/a%5Cb",
+        "/api/..;/admin",
+        "/api/a%5c..%5cadmin",
+    ] {
+        let answer = router.post(path, "x").await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{path}: {}",
+            answer.json
+        );
+        assert!(
+            answer.json["error"]
+                .as_str()
+                .unwrap()
+                .contains("cannot be forwarded"),
+            "{path}: {}",
+            answer.json
+        );
+    }
+    assert_eq!(pods.total(), 0, "nothing reached a pod");
+    let fine = router.post("/files/a;v=1/b", "x").await;
+    assert_eq!(fine.status, StatusCode::OK, "{}", fine.json);
+    assert_eq!(pods.pods[0].received()[0].path, "/files/a;v=1/b");
+    router.shutdown().await;
+}
+
+/// `/admin/config` tells file paths, route names and reload errors: off
+/// loopback it needs `admin_auth`, while the probes stay open.
+#[tokio::test]
+async fn admin_config_needs_a_token_when_the_admin_port_is_not_on_loopback() {
+    let pods = Pods::start(48, &[Behaviour::Ok]).await;
+    let open_to_all = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"0.0.0.0:0\"\n{}",
+        route(&pods.targets_toml(), "")
+    );
+    let config = Config::parse(&open_to_all).unwrap();
+    let running = server::start(&config).await.unwrap();
+    let admin = format!("http://127.0.0.1:{}", running.admin_addr.port());
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let get = |path: &'static str| {
+        let (client, admin) = (client.clone(), admin.clone());
+        async move {
+            let response = client.get(format!("{admin}{path}")).send().await.unwrap();
+            let status = response.status();
+            (status, response.text().await.unwrap())
+        }
+    };
+    let (status, body) = get("/admin/config").await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("admin_auth"), "{body}");
+    assert!(!body.contains("invalidate"), "no route names leak: {body}");
+    assert_eq!(get("/healthz").await.0, StatusCode::OK);
+    assert_eq!(get("/readyz").await.0, StatusCode::OK);
+    running.shutdown().await;
+
+    // With admin_auth, a token opens it wherever the port is.
+    let dir = tempfile::tempdir().unwrap();
+    let guarded = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"0.0.0.0:0\"\nadmin_auth = [\"ops\"]\n{}{}",
+        token_tables(dir.path(), &[OPS]),
+        route(&pods.targets_toml(), "")
+    );
+    let running = server::start(&Config::parse(&guarded).unwrap())
+        .await
+        .unwrap();
+    let response = client
+        .get(format!(
+            "http://127.0.0.1:{}/admin/config",
+            running.admin_addr.port()
+        ))
+        .bearer_auth(OPS)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    running.shutdown().await;
+}
+
+/// A flood of refused requests writes a bounded amount of log: each
+/// refusal is counted and logged at debug, and at the default level a
+/// route and reason get one warning per interval.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_refused_requests_writes_a_bounded_log() {
+    let pods = Pods::start(49, &[Behaviour::Ok]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = dir.path().join("router.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = \"{listen}\"\nadmin_listen = \"{admin}\"\n{}{}",
+            token_tables(dir.path(), &[OPS]),
+            route(
+                &pods.targets_toml(),
+                "auth = [\"ops\"]\nrate_limit = { per_second = 1, burst = 1 }"
+            )
+        ),
+    )
+    .unwrap();
+    let log_path = dir.path().join("router.log");
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_broadcast-router"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("the router starts");
+    let _stop = Terminate(child);
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{listen}/cache/invalidate");
+    eventually("the router listens", || async {
+        client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .ok()?
+            .status()
+            .is_success()
+            .then_some(())
+    })
+    .await;
+    let size_before = std::fs::metadata(&log_path).unwrap().len();
+    let (mut unauthorized, mut limited) = (0, 0);
+    for i in 0..2000 {
+        let mut request = client.post(&url).body("{}");
+        if i % 2 == 0 {
+            request = request.bearer_auth(OPS);
+        }
+        match request.send().await.unwrap().status() {
+            StatusCode::UNAUTHORIZED => unauthorized += 1,
+            StatusCode::TOO_MANY_REQUESTS => limited += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(unauthorized, 1000);
+    assert!(limited >= 990, "{limited}");
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let written = log.len() as u64 - size_before;
+    assert!(
+        written < 8 * 1024,
+        "about 2000 refusals wrote {written} bytes of log:\n{log}"
+    );
+    assert_eq!(log.matches("reason=\"unauthorized\"").count(), 1, "{log}");
+    assert_eq!(log.matches("reason=\"rate_limited\"").count(), 1, "{log}");
+}
+
+/// Stops a router process when dropped, even when a test fails.
+struct Terminate(std::process::Child);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}

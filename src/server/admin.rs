@@ -69,10 +69,17 @@ async fn metrics() -> impl IntoResponse {
 }
 
 /// The active configuration's version, digest, load time, routes and
-/// plugins, and the last rejected reload (until one succeeds).
-async fn config(State(state): State<Arc<AppState>>) -> impl IntoResponse {
+/// plugins, and the last rejected reload (until one succeeds). Without
+/// `admin_auth`, only an admin listener on a loopback address serves it.
+async fn config(State(state): State<Arc<AppState>>) -> Response {
+    if !state.admin_guard().is_required() && !state.admin_config_is_open() {
+        let error = ApiError::AdminConfigClosed;
+        telemetry::refused("admin", error.outcome(), None, &error);
+        return error.into_response();
+    }
     Json(serde_json::json!({
         "active": state.config_info(),
         "last_reload_failure": state.last_reload_failure(),
     }))
+    .into_response()
 }

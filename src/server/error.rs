@@ -70,6 +70,12 @@ pub enum ApiError {
         /// `max_header_bytes` (at least 8 KiB).
         max_bytes: usize,
     },
+    /// `/admin/config` was asked for on an admin listener reachable from
+    /// other hosts, with no `admin_auth` to guard it (403).
+    #[error(
+        "/admin/config shows file paths, route names and reload errors: it needs [server] admin_auth when admin_listen is not a loopback address"
+    )]
+    AdminConfigClosed,
     /// The client took longer than `client_timeout` to send the body.
     #[error("the request body did not arrive within {0:?}")]
     ClientTimeout(std::time::Duration),
@@ -82,9 +88,9 @@ impl ApiError {
             ApiError::BadBroadcastId | ApiError::BodyRead(_) | ApiError::UnsafePath(_) => {
                 StatusCode::BAD_REQUEST
             }
-            ApiError::ServiceRefused(_) | ApiError::Denied(Denied::NotAllowed) => {
-                StatusCode::FORBIDDEN
-            }
+            ApiError::ServiceRefused(_)
+            | ApiError::Denied(Denied::NotAllowed)
+            | ApiError::AdminConfigClosed => StatusCode::FORBIDDEN,
             ApiError::Denied(_) => StatusCode::UNAUTHORIZED,
             ApiError::Loop => StatusCode::LOOP_DETECTED,
             ApiError::Refused(_) | ApiError::NotStarted(NotStarted::Refused(_)) => {
@@ -110,6 +116,7 @@ impl ApiError {
     pub fn blame(&self) -> Blame {
         match self {
             ApiError::NotStarted(not_started) => not_started.blame(),
+            ApiError::AdminConfigClosed => Blame::Config,
             _ => Blame::Client,
         }
     }
@@ -121,7 +128,7 @@ impl ApiError {
                 "bad_request"
             }
             ApiError::ServiceRefused(_) => "refused",
-            ApiError::Denied(Denied::NotAllowed) => "forbidden",
+            ApiError::Denied(Denied::NotAllowed) | ApiError::AdminConfigClosed => "forbidden",
             ApiError::Denied(_) => "unauthorized",
             ApiError::Loop => "loop",
             ApiError::Refused(refused) | ApiError::NotStarted(NotStarted::Refused(refused)) => {

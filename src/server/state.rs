@@ -20,6 +20,8 @@ use crate::telemetry;
 pub struct AppState {
     active: RwLock<Active>,
     pub(super) ready: AtomicBool,
+    /// Whether the admin listener is bound to a loopback address only.
+    pub(super) admin_on_loopback: AtomicBool,
     next_version: AtomicU64,
     last_failure: Mutex<Option<ReloadFailure>>,
 }
@@ -184,6 +186,7 @@ impl AppState {
                 generation,
             }),
             ready: AtomicBool::new(false),
+            admin_on_loopback: AtomicBool::new(false),
             next_version: AtomicU64::new(2),
             last_failure: Mutex::new(None),
         }
@@ -208,6 +211,14 @@ impl AppState {
     /// `admin_auth`).
     pub fn admin_guard(&self) -> Guard {
         self.active().generation.admin_auth.clone()
+    }
+
+    /// Whether `/admin/config` may be served to a request without a token:
+    /// only when the admin listener is reachable from this host alone.
+    /// Elsewhere it needs `admin_auth`: it shows file paths, route names
+    /// and reload errors.
+    pub fn admin_config_is_open(&self) -> bool {
+        self.admin_on_loopback.load(Ordering::Relaxed)
     }
 
     /// The last rejected reload, unless a reload succeeded since.
