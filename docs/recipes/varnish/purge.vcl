@@ -53,6 +53,16 @@ sub vcl_recv {
     }
 }
 
+sub vcl_synth {
+    # Answers to invalidations in plain text: the router's report shows
+    # each pod's body, e.g. "Purged 2 objects".
+    if (req.method == "PURGE" || req.method == "BAN") {
+        set resp.http.content-type = "text/plain; charset=utf-8";
+        set resp.body = resp.reason;
+        return (deliver);
+    }
+}
+
 sub vcl_backend_response {
     # Lurker-friendly bans: keep the URL and Host on the object.
     set beresp.http.x-url = bereq.url;
