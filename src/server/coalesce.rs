@@ -143,6 +143,9 @@ impl Coalescer {
             let mut waiting = self.waiting.lock().expect("coalescing lock");
             match waiting.get(&key) {
                 Some(answered) => {
+                    // Nothing of this request runs: what `lead` holds (its
+                    // admission among them) is released now.
+                    drop(lead);
                     telemetry::broadcast_coalesced(&self.route);
                     tracing::debug!(route = %self.route, "Request joined a waiting broadcast.");
                     answered.clone()
