@@ -364,6 +364,9 @@ impl Broadcaster {
             run_plugins(|| prepare(endpoint, id, discovered, request, started))?
         };
         prepared.reserved = self.shared.deliveries.reserve(prepared.targets.len())?;
+        // Last, so a broadcast refused for another reason takes nothing
+        // from the pods' rates.
+        endpoint.admission.pace(&prepared.targets)?;
         Ok(prepared)
     }
 

@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 
 pub use crate::vocabulary::problem::{Location, Problem, Problems};
 pub use plugin::{OnError, PluginConfig, PluginUse};
-pub use route::{Mode, Protocol, RateLimitConfig, RouteConfig, RouteTable, Scheme, UdpConfig};
+pub use route::{
+    Methods, Mode, PodHost, Protocol, RateLimitConfig, RouteConfig, RouteTable, Scheme, UdpConfig,
+};
 pub use server::{DnsConfig, NameServer, ServerConfig, ServerTlsConfig, TokenSetConfig};
 
 /// A whole router configuration file, after successful validation.

@@ -1,15 +1,19 @@
 //! Admission limits: how many broadcasts a route may start per second and
-//! run at once, and how many pod deliveries the whole router may have in
-//! flight. A broadcast over a limit is refused with 429 and `Retry-After`
-//! before anything is sent; nothing is queued, so a burst never turns into
-//! a backlog that reaches the pods later.
+//! run at once, how many deliveries per second one pod may receive from a
+//! route (`pod_rate_limit`), and how many pod deliveries the whole router
+//! may have in flight. A broadcast over a limit is refused with 429 and
+//! `Retry-After` before anything is sent; nothing is queued, so a burst
+//! never turns into a backlog that reaches the pods later.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::{RateLimitConfig, RouteConfig};
+use crate::vocabulary::target::Target;
 
 /// Why a broadcast was not admitted.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +30,23 @@ pub enum Refused {
         /// The configured burst.
         burst: u32,
         /// When the next broadcast would be admitted.
+        retry_after: Duration,
+    },
+    /// A pod the broadcast would reach has no delivery left in the route's
+    /// `pod_rate_limit`.
+    #[error(
+        "route \"{route}\" allows {per_second} deliveries per second to each pod (burst {burst}) and pod {pod} has none left; nothing was sent, try again later"
+    )]
+    PodRateLimited {
+        /// The route.
+        route: Arc<str>,
+        /// The first pod found without a delivery left.
+        pod: SocketAddr,
+        /// The configured rate, as written.
+        per_second: String,
+        /// The configured burst.
+        burst: u32,
+        /// When every pod of the broadcast would have a delivery left.
         retry_after: Duration,
     },
     /// The route already runs `max_concurrent` broadcasts.
@@ -55,7 +76,8 @@ impl Refused {
     /// How long the client should wait before trying again.
     pub fn retry_after(&self) -> Duration {
         match self {
-            Refused::RateLimited { retry_after, .. } => *retry_after,
+            Refused::RateLimited { retry_after, .. }
+            | Refused::PodRateLimited { retry_after, .. } => *retry_after,
             Refused::Busy { .. } | Refused::Overloaded { .. } => Duration::from_secs(1),
         }
     }
@@ -67,6 +89,7 @@ pub struct Admission {
     route: Arc<str>,
     rate: Option<RateLimiter>,
     running: Option<(Arc<Semaphore>, usize)>,
+    pods: Option<PodRates>,
 }
 
 /// Proof that a broadcast was admitted; dropping it frees its place
@@ -94,7 +117,25 @@ impl Admission {
             running: table
                 .max_concurrent
                 .map(|limit| (Arc::new(Semaphore::new(limit)), limit)),
+            pods: table.pod_rate_limit.map(PodRates::new),
         }
+    }
+
+    /// Takes one delivery from every target's `pod_rate_limit`, all or
+    /// none: a broadcast that would exceed the limit for any pod is refused
+    /// and takes nothing. Retries of a delivery are not counted.
+    pub fn pace(&self, targets: &[Target]) -> Result<(), Refused> {
+        let Some(pods) = &self.pods else {
+            return Ok(());
+        };
+        pods.take(targets)
+            .map_err(|(pod, retry_after)| Refused::PodRateLimited {
+                route: self.route.clone(),
+                pod,
+                per_second: pods.config.per_second.to_string(),
+                burst: pods.config.burst,
+                retry_after,
+            })
     }
 
     /// Admits one broadcast, or says which limit it hit. The rate limit is
@@ -135,6 +176,79 @@ struct RateLimiter {
 struct Bucket {
     tokens: f64,
     refilled: Instant,
+}
+
+impl Bucket {
+    /// A full bucket.
+    fn full(config: RateLimitConfig, now: Instant) -> Self {
+        Self {
+            tokens: f64::from(config.burst),
+            refilled: now,
+        }
+    }
+
+    /// The tokens the bucket holds at `now`.
+    fn tokens_at(&self, config: RateLimitConfig, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        (self.tokens + elapsed * config.per_second).min(f64::from(config.burst))
+    }
+}
+
+/// One token bucket per pod, for a route's `pod_rate_limit`.
+#[derive(Debug)]
+struct PodRates {
+    config: RateLimitConfig,
+    buckets: Mutex<HashMap<SocketAddr, Bucket>>,
+}
+
+impl PodRates {
+    /// Buckets kept before full ones (pods idle long enough) are dropped.
+    const PRUNE_ABOVE: usize = 1024;
+
+    fn new(config: RateLimitConfig) -> Self {
+        Self {
+            config,
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes a token from every target's bucket, or none and says which pod
+    /// had none left and how long until all of them have one.
+    fn take(&self, targets: &[Target]) -> Result<(), (SocketAddr, Duration)> {
+        let config = self.config;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().expect("pod rate lock");
+        let mut empty: Option<(SocketAddr, f64)> = None;
+        for target in targets {
+            let tokens = buckets
+                .get(&target.addr)
+                .map_or(f64::from(config.burst), |bucket| {
+                    bucket.tokens_at(config, now)
+                });
+            if tokens < 1.0 {
+                let missing = 1.0 - tokens;
+                match &mut empty {
+                    Some((_, most)) => *most = most.max(missing),
+                    None => empty = Some((target.addr, missing)),
+                }
+            }
+        }
+        if let Some((pod, missing)) = empty {
+            return Err((pod, Duration::from_secs_f64(missing / config.per_second)));
+        }
+        for target in targets {
+            let bucket = buckets
+                .entry(target.addr)
+                .or_insert_with(|| Bucket::full(config, now));
+            bucket.tokens = bucket.tokens_at(config, now) - 1.0;
+            bucket.refilled = now;
+        }
+        if buckets.len() > Self::PRUNE_ABOVE {
+            let burst = f64::from(config.burst);
+            buckets.retain(|_, bucket| bucket.tokens_at(config, now) < burst);
+        }
+        Ok(())
+    }
 }
 
 impl RateLimiter {
@@ -225,6 +339,30 @@ mod tests {
         let wait = limiter.take().expect_err("the fourth is over the burst");
         assert!(wait <= Duration::from_millis(500), "{wait:?}");
         assert!(wait > Duration::ZERO);
+    }
+
+    #[test]
+    fn pod_rates_take_from_every_pod_or_from_none() {
+        let rates = PodRates::new(RateLimitConfig {
+            per_second: 1.0,
+            burst: 2,
+        });
+        let pod = |last: u8| Target {
+            addr: SocketAddr::from(([10, 0, 0, last], 80)),
+            service: None,
+            index: 0,
+        };
+        let (a, b) = (pod(1), pod(2));
+        rates.take(std::slice::from_ref(&a)).expect("a: 2 left");
+        rates.take(std::slice::from_ref(&a)).expect("a: 1 left");
+        let both = [a.clone(), b.clone()];
+        let (refused, wait) = rates.take(&both).expect_err("a has none left");
+        assert_eq!(refused, a.addr);
+        assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
+        // b gave nothing to the refused broadcast: its burst is intact.
+        rates.take(std::slice::from_ref(&b)).expect("b: 2 left");
+        rates.take(std::slice::from_ref(&b)).expect("b: 1 left");
+        assert!(rates.take(std::slice::from_ref(&b)).is_err());
     }
 
     #[test]

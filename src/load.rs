@@ -112,14 +112,10 @@ impl Loaded {
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let route = &self.route;
-        let methods: Vec<&str> = route.methods.iter().map(http::Method::as_str).collect();
         write!(
             f,
             "{} ({} {} -> {}, ",
-            route.name,
-            methods.join("|"),
-            route.path,
-            route.source
+            route.name, route.methods, route.path, route.source
         )?;
         match route.protocol {
             Protocol::Http => write!(f, "policy {}", route.policy)?,

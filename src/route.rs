@@ -11,12 +11,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Uri};
+use http::Uri;
+use http::header::{self, HeaderMap, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 pub use crate::config::route::SERVICE_PLACEHOLDER;
 use crate::config::route::valid_service_name;
-use crate::config::{Mode, Protocol, RouteConfig};
+use crate::config::{Methods, Mode, PodHost, Protocol, RouteConfig};
+use crate::vocabulary::headers::valid_host;
 use crate::vocabulary::policy::Policy;
 use crate::vocabulary::target::TargetSource;
 
@@ -28,7 +30,12 @@ pub struct Route {
     /// The axum path pattern.
     pub path: String,
     /// The methods the route accepts.
-    pub methods: Vec<Method>,
+    pub methods: Methods,
+    /// The `Host` its pods receive.
+    pub host: PodHost,
+    /// How long a broadcast waits for identical ones to share it; `None`:
+    /// no coalescing.
+    pub coalesce: Option<Duration>,
     /// Where the route's pods come from.
     pub source: TargetSource,
     /// The verdict policy.
@@ -110,6 +117,8 @@ impl Route {
             name: table.name.as_str().into(),
             path: table.path.clone(),
             methods: config.methods.clone(),
+            host: config.host.clone(),
+            coalesce: table.coalesce,
             source: config.source.clone(),
             policy: table.policy,
             limits: Limits {
@@ -170,6 +179,24 @@ impl Route {
         Ok(Some(resolved))
     }
 
+    /// The `Host` header pods receive for a request with the `incoming`
+    /// headers: `None` leaves it to each pod's address (`host = "pod"`).
+    pub fn pod_host(&self, incoming: &HeaderMap) -> Result<Option<HeaderValue>, ClientHost> {
+        match &self.host {
+            PodHost::Pod => Ok(None),
+            PodHost::Fixed(host) => Ok(Some(host.clone())),
+            PodHost::Client => {
+                let host = incoming.get(header::HOST).ok_or(ClientHost::Missing)?;
+                match host.to_str() {
+                    Ok(text) if valid_host(text) => Ok(Some(host.clone())),
+                    _ => Err(ClientHost::Invalid(
+                        String::from_utf8_lossy(host.as_bytes()).into_owned(),
+                    )),
+                }
+            }
+        }
+    }
+
     /// The path and query the pods receive. Captured values are
     /// re-encoded before they fill `upstream_path`, so a client cannot add
     /// a query, a fragment or `..` segments to the pods' path.
@@ -203,6 +230,19 @@ impl Route {
             _ => path,
         })
     }
+}
+
+/// A `host = "client"` route's request has no usable `Host` header.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientHost {
+    /// The request has no `Host` header.
+    #[error("the route forwards the client's Host header to its pods, and the request has none")]
+    Missing,
+    /// The request's `Host` is not a `host[:port]`.
+    #[error(
+        "the route forwards the client's Host header to its pods, and {0:?} is not a valid host[:port]"
+    )]
+    Invalid(String),
 }
 
 /// A path (or captured value) that could climb out of `upstream_path`

@@ -11,6 +11,7 @@
 
 pub mod admin;
 mod answer;
+mod coalesce;
 mod error;
 mod handler;
 pub mod listener;

@@ -86,6 +86,7 @@ const BROADCASTS: &str = "broadcast_router_broadcasts_total";
 const BROADCASTS_IN_FLIGHT: &str = "broadcast_router_broadcasts_in_flight";
 const BROADCAST_TARGETS: &str = "broadcast_router_broadcast_targets";
 const BROADCAST_DURATION: &str = "broadcast_router_broadcast_duration_seconds";
+const COALESCED: &str = "broadcast_router_coalesced_requests_total";
 const DELIVERIES: &str = "broadcast_router_deliveries_total";
 const DELIVERY_ATTEMPTS: &str = "broadcast_router_delivery_attempts_total";
 const DELIVERY_DURATION: &str = "broadcast_router_delivery_duration_seconds";
@@ -120,6 +121,10 @@ fn describe() {
         "HTTP attempts made to pods, retries included."
     );
     describe_histogram!(DELIVERY_DURATION, "Time until each pod's outcome.");
+    describe_counter!(
+        COALESCED,
+        "Requests that joined an identical broadcast waiting to start (route `coalesce`)."
+    );
     describe_counter!(
         DNS_LOOKUPS,
         "DNS lookups by outcome (ok, empty, no_records, error)."
@@ -180,6 +185,11 @@ pub fn broadcast_finished(route: &str, ok: bool, elapsed: Duration) {
     let outcome = if ok { "ok" } else { "failed" };
     counter!(BROADCASTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
     histogram!(BROADCAST_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
+}
+
+/// A request joined an identical broadcast of `route` waiting to start.
+pub fn broadcast_coalesced(route: &str) {
+    counter!(COALESCED, "route" => route.to_owned()).increment(1);
 }
 
 /// One pod's delivery finished with `outcome` after `attempts` attempts.

@@ -942,8 +942,9 @@ fn route_guard_and_forwarded_path_hold_for_any_capture() {
 // ---------------------------------------------------------------------------
 
 /// Whether patches are refused when they set or remove headers that frame
-/// the message or name the pod (`content-length`, `transfer-encoding`,
-/// `host`, …), the broadcast id or the `Via` loop marker.
+/// the message (`content-length`, `transfer-encoding`, …), the broadcast
+/// id or the `Via` loop marker. (`host` is not among them: a patch may set
+/// it to a valid `host[:port]`, see [`surely_bad_host`].)
 const FRAMING_HEADERS_REFUSED: bool = true;
 
 /// Headers a patch may not touch although they do reach pods: the
@@ -960,7 +961,6 @@ const FRAMING_HEADERS: &[&str] = &[
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
     "content-length",
     "expect",
 ];
@@ -1011,6 +1011,33 @@ fn valid_value(value: &str) -> bool {
     value
         .bytes()
         .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+/// Whether `value` certainly cannot be a `Host`: empty, or with a byte
+/// no `host[:port]` has (space, `/`, `@`, `?`, `#`, controls, non-ASCII).
+fn surely_bad_host(value: &str) -> bool {
+    value.is_empty()
+        || value
+            .bytes()
+            .any(|b| b <= b' ' || b >= 0x7f || b"/@?#\\,;\"".contains(&b))
+}
+
+/// Whether `value` is certainly a fine `Host`: lowercase DNS labels and an
+/// optional port from 1 to 9999.
+fn surely_good_host(value: &str) -> bool {
+    let (name, port) = value.split_once(':').unwrap_or((value, "1"));
+    let port_ok = (1..=4).contains(&port.len())
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && !port.starts_with('0');
+    let name_ok = !name.is_empty()
+        && name.len() <= 200
+        && name.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        });
+    port_ok && name_ok
 }
 
 /// Whether `path` certainly cannot be a request target: no leading slash,
@@ -1076,10 +1103,25 @@ fn check_patch(patch: &Patch, expect: Option<bool>) -> Result<(), TestCaseError>
         });
     let path_bad = patch.path.as_deref().is_some_and(surely_bad_path);
     let path_good = patch.path.as_deref().is_none_or(surely_good_path);
-    let must_refuse =
-        !names_ok || !values_ok || path_bad || (FRAMING_HEADERS_REFUSED && touches_framing);
-    let must_accept =
-        names_ok && values_ok && path_good && !(FRAMING_HEADERS_REFUSED && touches_framing);
+    let hosts = || {
+        patch
+            .set
+            .iter()
+            .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map(|(_, value)| value.as_str())
+    };
+    let host_bad = hosts().any(surely_bad_host);
+    let host_good = hosts().all(surely_good_host);
+    let must_refuse = !names_ok
+        || !values_ok
+        || path_bad
+        || host_bad
+        || (FRAMING_HEADERS_REFUSED && touches_framing);
+    let must_accept = names_ok
+        && values_ok
+        && path_good
+        && host_good
+        && !(FRAMING_HEADERS_REFUSED && touches_framing);
     match result {
         Err(reason) => {
             prop_assert!(!must_accept, "refused a valid patch: {}", reason);
@@ -1178,6 +1220,8 @@ fn header_name() -> impl Strategy<Value = String> {
                 "X-Client",
                 "x-client",
                 "traceparent",
+                "host",
+                "Host",
             ]
             .as_slice()
         )
@@ -1193,6 +1237,7 @@ fn header_name() -> impl Strategy<Value = String> {
 fn header_value() -> impl Strategy<Value = String> {
     prop_oneof![
         4 => "[ -~\\t]{0,40}",
+        1 => "[a-z0-9]{1,8}(\\.[a-z0-9]{1,6}){0,2}(:[0-9]{1,5})?",
         1 => "[a-z]{0,6}(\r\n|\n|\r|\u{0}|\u{7f}|é)[ -~]{0,10}",
         1 => ".{0,12}",
     ]
@@ -1351,13 +1396,11 @@ fn plugin_verdicts_are_checked_before_they_reach_the_client() {
     });
 }
 
-/// Known gap, kept as a failing example until `bindings::apply` refuses
-/// it: a patch may set the headers the router computes itself. With
-/// `content-length: 0` the pod gets no body at all, with a larger one it
-/// waits for bytes that never come, `transfer-encoding: gzip` makes it
-/// try to unzip a plain body, and `host` changes the virtual host a pod's
-/// proxy routes by. (docs/requests.md, "The forwarded request": Host becomes the
-/// pod's address, Content-Length is recomputed.)
+/// A patch may not set the headers the router computes itself: with
+/// `content-length: 0` the pod would get no body at all, with a larger one
+/// it would wait for bytes that never come, and `transfer-encoding: gzip`
+/// would make it try to unzip a plain body. (docs/requests.md, "The
+/// forwarded request": Content-Length is recomputed.)
 #[test]
 fn plugin_patches_cannot_set_framing_headers() {
     for name in FRAMING_HEADERS.iter().chain(ROUTER_SET_HEADERS) {
@@ -1369,4 +1412,45 @@ fn plugin_patches_cannot_set_framing_headers() {
         let result = bindings::apply(&original_request(), patch.to_contract());
         assert!(result.is_err(), "a patch setting {name} was accepted");
     }
+}
+
+/// `host` is the plugin's to set, per pod (e.g. the virtual host a cache
+/// keys objects on), but only to a valid `host[:port]`; removing it sends
+/// the pod's own address.
+#[test]
+fn plugin_patches_may_set_host_to_a_host_and_port_only() {
+    for host in [
+        "www.example.com",
+        "www.example.com:8080",
+        "10.0.0.7",
+        "[fd00::5]:80",
+    ] {
+        let patch = Patch {
+            set: vec![("host".to_owned(), host.to_owned())],
+            ..Patch::default()
+        };
+        let patched = bindings::apply(&original_request(), patch.to_contract())
+            .unwrap_or_else(|reason| panic!("host {host:?} refused: {reason}"));
+        assert_eq!(patched.headers["host"], host);
+    }
+    for host in [
+        "",
+        "a b",
+        "example.com/x",
+        "user@example.com",
+        "example.com:0",
+        "x:99999",
+    ] {
+        let patch = Patch {
+            set: vec![("host".to_owned(), host.to_owned())],
+            ..Patch::default()
+        };
+        let result = bindings::apply(&original_request(), patch.to_contract());
+        assert!(result.is_err(), "host {host:?} was accepted");
+    }
+    let remove = Patch {
+        remove: vec!["host".to_owned()],
+        ..Patch::default()
+    };
+    bindings::apply(&original_request(), remove.to_contract()).expect("host may be removed");
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytesize::ByteSize;
-use http::Method;
+use http::{HeaderValue, Method};
 use serde::Deserialize;
 
 use super::plugin::PluginUse;
@@ -26,7 +26,9 @@ pub struct RouteConfig {
     /// The table as written.
     pub table: RouteTable,
     /// `methods`, parsed.
-    pub methods: Vec<Method>,
+    pub methods: Methods,
+    /// `host`, parsed.
+    pub host: PodHost,
     /// `service` with `port`, or `targets`, parsed.
     pub source: TargetSource,
     /// `allow_services`, compiled.
@@ -51,9 +53,20 @@ pub struct RouteTable {
     pub name: String,
     /// Path in axum syntax; `{name}` captures a segment, `{*rest}` the rest.
     pub path: String,
-    /// HTTP methods the route accepts.
+    /// HTTP methods the route accepts: any RFC 9110 method token, forwarded
+    /// verbatim (`GET`, `POST`, `PURGE`, `BAN`, …), or `"*"` for any
+    /// method.
     #[serde(default = "default_methods")]
     pub methods: Vec<String>,
+    /// The `Host` every pod receives: `"pod"` (its own `ip:port`, the
+    /// default), `"client"` (the client's `Host`; a request without one is
+    /// refused) or a fixed `host[:port]` such as `"www.example.com"`.
+    /// Caches key objects on it.
+    pub host: Option<String>,
+    /// Identical broadcasts arriving while one waits this long to start
+    /// share it (and its answer). Absent: every request is broadcast.
+    #[serde(default, with = "humantime_serde")]
+    pub coalesce: Option<Duration>,
     /// Headless Service name to resolve, e.g. `web.default.svc.cluster.local`.
     /// May contain `{service}`, filled from the path's `{service}` capture.
     pub service: Option<String>,
@@ -114,6 +127,10 @@ pub struct RouteTable {
     /// Most broadcasts per second, as a token bucket; more get 429 with
     /// `Retry-After`. Absent: no rate limit.
     pub rate_limit: Option<RateLimitConfig>,
+    /// Most deliveries per second to any one pod, as a token bucket per
+    /// pod; a broadcast that would exceed it for some pod is refused with
+    /// 429 and `Retry-After` before anything is sent. Absent: no limit.
+    pub pod_rate_limit: Option<RateLimitConfig>,
     /// Most broadcasts of this route running at once (background
     /// deliveries included); more get 429. Absent: no limit.
     pub max_concurrent: Option<usize>,
@@ -139,6 +156,50 @@ pub struct RouteTable {
     /// problems found reading it (set while loading).
     #[serde(skip)]
     pub location: Location,
+}
+
+/// The methods a route accepts, parsed from `methods`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Methods {
+    /// `"*"`: any method.
+    Any,
+    /// These methods, each once, in the order written.
+    Listed(Vec<Method>),
+}
+
+impl Methods {
+    /// Whether a request with `method` is the route's.
+    pub fn accepts(&self, method: &Method) -> bool {
+        match self {
+            Methods::Any => true,
+            Methods::Listed(methods) => methods.contains(method),
+        }
+    }
+}
+
+impl std::fmt::Display for Methods {
+    /// `*`, or the methods joined by `|`, e.g. `PURGE|BAN`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Methods::Any => f.write_str("*"),
+            Methods::Listed(methods) => {
+                let names: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                f.write_str(&names.join("|"))
+            }
+        }
+    }
+}
+
+/// The `Host` a route's pods receive, parsed from `host`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum PodHost {
+    /// `"pod"`: each pod's own `ip:port` (the default).
+    #[default]
+    Pod,
+    /// `"client"`: the client's `Host` header.
+    Client,
+    /// A fixed `host[:port]`.
+    Fixed(HeaderValue),
 }
 
 /// How an HTTP route's pods are reached.

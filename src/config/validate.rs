@@ -131,7 +131,9 @@ pub(super) fn validate(
         };
         check.name(&mut names);
         let methods = check.methods();
-        check.path(&mut paths, methods.as_deref());
+        check.path(&mut paths, methods.as_ref());
+        let host = check.host();
+        check.pacing();
         let source = check.targets();
         let allow_services = check.allow_services();
         check.upstream_path();
@@ -140,12 +142,13 @@ pub(super) fn validate(
         check.plugins(&config.plugins);
         check.admission(config, source.as_ref());
         check.scheme();
-        if let (Some(methods), Some(source), Some(allow_services), Some(report_to)) =
-            (methods, source, allow_services, report_to)
+        if let (Some(methods), Some(host), Some(source), Some(allow_services), Some(report_to)) =
+            (methods, host, source, allow_services, report_to)
         {
             routes.push(RouteConfig {
                 table: route,
                 methods,
+                host,
                 source,
                 allow_services,
                 report_to,

@@ -14,7 +14,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 
 use crate::aggregate::PluginVerdict;
 use crate::vocabulary::delivery::{Delivery, ErrorKind as DeliveryErrorKind, PodRequest};
-use crate::vocabulary::headers::is_router_owned;
+use crate::vocabulary::headers::{is_router_owned, valid_host};
 use crate::vocabulary::target::Target as Pod;
 
 /// The generated bindings; their documentation is the WIT file's.
@@ -225,9 +225,9 @@ fn invalid(reason: String) -> InvalidOutput {
 /// Refuses a patch of a header the router owns (see
 /// [`crate::vocabulary::headers`]): the framing and connection headers it
 /// computes for each pod (a plugin's `content-length` would cut or stall
-/// the body, its `host` would send a proxy elsewhere), the broadcast id
-/// receivers drop duplicates by, and the `Via` marker loop protection
-/// relies on.
+/// the body), the broadcast id receivers drop duplicates by, and the `Via`
+/// marker loop protection relies on. `host` is not the router's: a plugin
+/// may aim a pod's copy at the virtual host a cache keys on.
 fn router_owned(name: &HeaderName) -> Result<(), InvalidOutput> {
     if is_router_owned(name) {
         Err(InvalidOutput(format!(
@@ -265,6 +265,12 @@ pub fn apply(
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| invalid(format!("header name {:?} is not valid", header.name)))?;
         router_owned(&name)?;
+        if name == http::header::HOST && !valid_host(&header.value) {
+            return Err(invalid(format!(
+                "host {:?} is not a valid host[:port], such as \"www.example.com\" or \"10.0.0.7:8080\"",
+                header.value
+            )));
+        }
         let value = HeaderValue::from_str(&header.value)
             .map_err(|_| invalid(format!("the value of header {name} is not valid")))?;
         headers.insert(name, value);

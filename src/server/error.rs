@@ -11,7 +11,7 @@ use crate::auth::Denied;
 use crate::broadcast::NotStarted;
 use crate::discovery::DiscoveryError;
 use crate::limit::Refused;
-use crate::route::{ServiceRefused, UnsafePath};
+use crate::route::{ClientHost, ServiceRefused, UnsafePath};
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::headers::BROADCAST_ID;
 
@@ -33,6 +33,13 @@ pub enum ApiError {
     /// A captured path value would climb out of `upstream_path`.
     #[error(transparent)]
     UnsafePath(#[from] UnsafePath),
+    /// A `host = "client"` route's request has no usable `Host`.
+    #[error(transparent)]
+    ClientHost(#[from] ClientHost),
+    /// The coalesced broadcast this request joined ended without an
+    /// answer (its task failed).
+    #[error("the shared broadcast this request joined ended without an answer")]
+    CoalescedLost,
     /// The body could not be read from the client.
     #[error("the request body could not be read: {0}")]
     BodyRead(String),
@@ -85,9 +92,11 @@ impl ApiError {
     /// The HTTP status for this error.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadBroadcastId | ApiError::BodyRead(_) | ApiError::UnsafePath(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::BadBroadcastId
+            | ApiError::BodyRead(_)
+            | ApiError::UnsafePath(_)
+            | ApiError::ClientHost(_) => StatusCode::BAD_REQUEST,
+            ApiError::CoalescedLost => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ServiceRefused(_)
             | ApiError::Denied(Denied::NotAllowed)
             | ApiError::AdminConfigClosed => StatusCode::FORBIDDEN,
@@ -117,6 +126,7 @@ impl ApiError {
         match self {
             ApiError::NotStarted(not_started) => not_started.blame(),
             ApiError::AdminConfigClosed => Blame::Config,
+            ApiError::CoalescedLost => Blame::Router,
             _ => Blame::Client,
         }
     }
@@ -124,9 +134,11 @@ impl ApiError {
     /// The metrics label of the rejected broadcast.
     pub fn outcome(&self) -> &'static str {
         match self {
-            ApiError::BadBroadcastId | ApiError::BodyRead(_) | ApiError::UnsafePath(_) => {
-                "bad_request"
-            }
+            ApiError::BadBroadcastId
+            | ApiError::BodyRead(_)
+            | ApiError::UnsafePath(_)
+            | ApiError::ClientHost(_) => "bad_request",
+            ApiError::CoalescedLost => "lost",
             ApiError::ServiceRefused(_) => "refused",
             ApiError::Denied(Denied::NotAllowed) | ApiError::AdminConfigClosed => "forbidden",
             ApiError::Denied(_) => "unauthorized",
@@ -134,6 +146,7 @@ impl ApiError {
             ApiError::Refused(refused) | ApiError::NotStarted(NotStarted::Refused(refused)) => {
                 match refused {
                     Refused::RateLimited { .. } => "rate_limited",
+                    Refused::PodRateLimited { .. } => "pod_rate_limited",
                     Refused::Busy { .. } => "busy",
                     Refused::Overloaded { .. } => "overloaded",
                 }

@@ -1,10 +1,13 @@
-//! The request handler: one axum route per configured route, and the
-//! checks a request passes before its broadcast starts, in this order:
-//! loop marker (508) → bearer token (401/403) → broadcast id (400) →
-//! rate and concurrency limits (429, before the body is read) → a
-//! templated service's allow-list (403, before any DNS query) → the body
-//! within `max_body_bytes` (413) and `client_timeout` (408) → the path
-//! pods receive (400) → the broadcast, answered by [`super::answer`].
+//! The request handler: one axum route per configured path, dispatching by
+//! method to the route that accepts it (405 otherwise), and the checks a
+//! request passes before its broadcast starts, in this order: loop marker
+//! (508) → bearer token (401/403) → broadcast id (400) → rate and
+//! concurrency limits (429, before the body is read) → a templated
+//! service's allow-list (403, before any DNS query) → the client's `Host`
+//! on a `host = "client"` route (400) → the body within `max_body_bytes`
+//! (413) and `client_timeout` (408) → the path pods receive (400) → on a
+//! route with `coalesce`, joining an identical waiting broadcast
+//! ([`super::coalesce`]) → the broadcast, answered by [`super::answer`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -12,18 +15,20 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, RawPathParams, Request, State};
-use axum::http::{HeaderValue, header};
-use axum::response::Response;
-use axum::routing::{MethodFilter, MethodRouter};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::ServiceExt;
 
 use super::answer::{self, Answered};
+use super::coalesce::{Coalescer, Key};
 use super::error::ApiError;
 use super::state::{AppState, Generation};
-use crate::config::Protocol;
+use crate::config::{Methods, Protocol};
 use crate::fanout::PodRequest;
 use crate::fanout::headers;
+use crate::limit::Admitted;
 use crate::load::Endpoint;
 use crate::telemetry;
 use crate::vocabulary::headers::{
@@ -47,43 +52,87 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
-/// One generation's routes as an axum router.
+/// One generation's routes as an axum router: one handler per path, which
+/// picks the route by method (any method token, `"*"` for any).
 pub(super) fn routes(generation: &Arc<Generation>) -> axum::Router {
-    let mut by_path: BTreeMap<&str, MethodRouter<Arc<Generation>>> = BTreeMap::new();
+    let mut by_path: BTreeMap<&str, Vec<Served>> = BTreeMap::new();
     for endpoint in &generation.endpoints {
-        let path = endpoint.route.path.as_str();
-        let mut methods = by_path.remove(path).unwrap_or_default();
-        for method in &endpoint.route.methods {
-            let filter = MethodFilter::try_from(method.clone()).expect("validated method");
-            let endpoint = Arc::clone(endpoint);
-            methods = methods.on(
-                filter,
+        let route = &endpoint.route;
+        let coalescer = route
+            .coalesce
+            .filter(|_| route.protocol == Protocol::Http)
+            .map(|window| Arc::new(Coalescer::new(route.name.clone(), window)));
+        by_path.entry(&route.path).or_default().push(Served {
+            endpoint: Arc::clone(endpoint),
+            coalescer,
+        });
+    }
+    let mut router = axum::Router::new();
+    for (path, served) in by_path {
+        let served = Arc::new(served);
+        router = router.route(
+            path,
+            any(
                 move |State(generation): State<Arc<Generation>>,
                       ConnectInfo(peer): ConnectInfo<SocketAddr>,
                       params: RawPathParams,
                       request: Request| async move {
-                    handle(generation, endpoint, peer, params, request).await
+                    match pick(&served, request.method()) {
+                        Some(served) => handle(generation, served, peer, params, request).await,
+                        None => method_not_allowed(&served),
+                    }
                 },
-            );
-        }
-        by_path.insert(path, methods);
-    }
-    let mut router = axum::Router::new();
-    for (path, methods) in by_path {
-        router = router.route(path, methods);
+            ),
+        );
     }
     router
         .fallback(|| async { ApiError::NoRoute })
         .with_state(Arc::clone(generation))
 }
 
+/// A route served on a path, with its coalescing windows.
+struct Served {
+    endpoint: Arc<Endpoint>,
+    coalescer: Option<Arc<Coalescer>>,
+}
+
+/// The route of a path that serves `method`: the one listing it, or the
+/// one accepting any method; for `HEAD`, else the one serving `GET`.
+fn pick<'a>(served: &'a [Served], method: &Method) -> Option<&'a Served> {
+    let listed = |method: &Method| {
+        served
+            .iter()
+            .find(|served| served.endpoint.route.methods.accepts(method))
+    };
+    listed(method).or_else(|| (*method == Method::HEAD).then(|| listed(&Method::GET))?)
+}
+
+/// 405 with the path's methods in `Allow` (a `GET` route answers `HEAD`).
+fn method_not_allowed(served: &[Served]) -> Response {
+    let mut allowed: Vec<&str> = Vec::new();
+    for served in served {
+        if let Methods::Listed(methods) = &served.endpoint.route.methods {
+            allowed.extend(methods.iter().map(Method::as_str));
+        }
+    }
+    if allowed.contains(&"GET") && !allowed.contains(&"HEAD") {
+        allowed.push("HEAD");
+    }
+    let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+    if let Ok(allow) = HeaderValue::from_str(&allowed.join(",")) {
+        response.headers_mut().insert(header::ALLOW, allow);
+    }
+    response
+}
+
 async fn handle(
     state: Arc<Generation>,
-    endpoint: Arc<Endpoint>,
+    served: &Served,
     peer: SocketAddr,
     params: RawPathParams,
     request: Request,
 ) -> Response {
+    let endpoint = &served.endpoint;
     let route = &endpoint.route;
     let (parts, body) = request.into_parts();
     if has_looped(&parts.headers) {
@@ -92,7 +141,8 @@ async fn handle(
     if let Err(denied) = endpoint.auth.check(&parts.headers) {
         return reject(&route.name, None, denied.into());
     }
-    let id = match parts.headers.get(BROADCAST_ID).map(HeaderValue::to_str) {
+    let client_id = parts.headers.get(BROADCAST_ID);
+    let id = match client_id.map(HeaderValue::to_str) {
         None => uuid::Uuid::new_v4().to_string(),
         Some(Ok(id)) if valid_broadcast_id(id) => id.to_owned(),
         Some(_) => return reject(&route.name, None, ApiError::BadBroadcastId),
@@ -114,6 +164,10 @@ async fn handle(
         Ok(service) => service,
         Err(refused) => return reject(&route.name, Some(&id), refused.into()),
     };
+    let host = match route.pod_host(&parts.headers) {
+        Ok(host) => host,
+        Err(error) => return reject(&route.name, Some(&id), error.into()),
+    };
     let reading = read_body(body, &parts.headers, state.max_body_bytes);
     let body = match tokio::time::timeout(state.client_timeout, reading).await {
         Ok(Ok(body)) => body,
@@ -132,12 +186,37 @@ async fn handle(
         // The token was for the router; pods never see it.
         forwarded.remove(header::AUTHORIZATION);
     }
+    if let Some(host) = host {
+        forwarded.insert(header::HOST, host);
+    }
     let request = PodRequest {
         path_and_query,
         headers: forwarded,
         method: parts.method,
         body,
     };
+    let Some(coalescer) = &served.coalescer else {
+        return broadcast(state, Arc::clone(endpoint), service, id, request, admitted).await;
+    };
+    let key = Key::new(&request, service.as_deref(), client_id);
+    let endpoint = Arc::clone(endpoint);
+    coalescer
+        .answer(key, move || {
+            broadcast(state, endpoint, service, id, request, admitted)
+        })
+        .await
+}
+
+/// Broadcasts `request` and answers with the outcome (or the refusal).
+async fn broadcast(
+    state: Arc<Generation>,
+    endpoint: Arc<Endpoint>,
+    service: Option<String>,
+    id: String,
+    request: PodRequest,
+    admitted: Admitted,
+) -> Response {
+    let route = &endpoint.route;
     let broadcaster = &state.broadcaster;
     let answered = match route.protocol {
         Protocol::Udp => answer::udp(broadcaster, &endpoint, service, &id, request, admitted).await,

@@ -3,6 +3,10 @@
 //! pod, the proxy credentials meant for itself, and the broadcast id and
 //! `Via` marker it sets. Fan-out, the plugin bindings and the pod-side
 //! receiver all follow this one list.
+//!
+//! `Host` is not on the list: the route's `host` decides it (the pod's
+//! address, the client's `Host` or a fixed name), and a plugin may set it
+//! per pod, as long as it is a valid `host[:port]` ([`valid_host`]).
 
 use http::header::{self, HeaderMap, HeaderName};
 
@@ -21,9 +25,9 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub const VIA_PSEUDONYM: &str = "broadcast-router";
 /// Headers that describe one connection, not the message (RFC 9110
 /// §7.6.1), and the framing headers the client library computes for each
-/// pod (`host`, `content-length`, `expect`): never forwarded as received,
-/// and never set by a plugin.
-pub const CONNECTION_AND_FRAMING: [&str; 10] = [
+/// pod (`content-length`, `expect`): never forwarded as received, and
+/// never set by a plugin.
+pub const CONNECTION_AND_FRAMING: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -31,7 +35,6 @@ pub const CONNECTION_AND_FRAMING: [&str; 10] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
     "content-length",
     "expect",
 ];
@@ -45,10 +48,13 @@ pub const PROXY_CREDENTIALS: [&str; 2] = ["proxy-authenticate", "proxy-authoriza
 pub const ROUTER_SET: [&str; 2] = ["x-broadcast-id", "via"];
 
 /// Whether a client's header is dropped rather than forwarded as is (the
-/// router recomputes or replaces it).
+/// router recomputes or replaces it). The client's `Host` is dropped too:
+/// the route's `host` says what pods receive instead.
 pub fn is_dropped_when_forwarding(name: &HeaderName) -> bool {
-    let name = name.as_str();
-    CONNECTION_AND_FRAMING.contains(&name) || PROXY_CREDENTIALS.contains(&name)
+    *name == header::HOST || {
+        let name = name.as_str();
+        CONNECTION_AND_FRAMING.contains(&name) || PROXY_CREDENTIALS.contains(&name)
+    }
 }
 
 /// Whether a header is the router's on every pod's copy, so a plugin's
@@ -56,6 +62,52 @@ pub fn is_dropped_when_forwarding(name: &HeaderName) -> bool {
 pub fn is_router_owned(name: &HeaderName) -> bool {
     let name = name.as_str();
     CONNECTION_AND_FRAMING.contains(&name) || ROUTER_SET.contains(&name)
+}
+
+/// Whether `text` is a valid `Host` value, `host[:port]`: a DNS name
+/// (labels of 1 to 63 letters, digits, `-` and `_`, separated by dots, at
+/// most 253 characters, a trailing dot allowed), an IPv4 address, or an
+/// IPv6 address in brackets, optionally followed by `:` and a port
+/// (1 to 65535). No user information, path, spaces or control characters.
+pub fn valid_host(text: &str) -> bool {
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => (None, Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match text.rsplit_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(text), None),
+        }
+    };
+    let port_ok = port.is_none_or(|port| {
+        !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().is_ok_and(|port| port > 0)
+    });
+    let host_ok = host.is_none_or(|host| {
+        let name = host.strip_suffix('.').unwrap_or(host);
+        !name.is_empty()
+            && host.len() <= 253
+            && name.split('.').all(|label| {
+                (1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            })
+    });
+    port_ok && host_ok
 }
 
 /// Whether `id` is acceptable as a client-chosen broadcast id: 1 to 128
@@ -93,6 +145,44 @@ mod tests {
         assert!(!valid_broadcast_id(""));
         assert!(!valid_broadcast_id("has space"));
         assert!(!valid_broadcast_id(&"x".repeat(129)));
+    }
+
+    #[test]
+    fn hosts_are_a_name_or_address_with_an_optional_port() {
+        for good in [
+            "www.example.com",
+            "www.example.com:8080",
+            "WWW.Example.COM.",
+            "localhost",
+            "10.0.0.7:80",
+            "[fd00::5]",
+            "[fd00::5]:443",
+            "_acme.example",
+            "0",
+        ] {
+            assert!(valid_host(good), "{good:?} must be accepted");
+        }
+        for bad in [
+            "",
+            ":80",
+            "example.com:",
+            "example.com:0",
+            "example.com:65536",
+            "example.com:+80",
+            "user@example.com",
+            "example.com/path",
+            "exa mple.com",
+            "example..com",
+            ".example.com",
+            "[fd00::5",
+            "[not-v6]:80",
+            "[fd00::5]80",
+            "fd00::5",
+            "a\r\nx: y",
+            &"a".repeat(64),
+        ] {
+            assert!(!valid_host(bad), "{bad:?} must be refused");
+        }
     }
 
     /// The WIT contract tells plugin authors which headers are the

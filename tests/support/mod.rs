@@ -3,6 +3,7 @@
 //! ([`TestRouter`]), driven by a real HTTP client.
 #![allow(dead_code)]
 
+pub mod caches;
 pub mod dns;
 pub mod plugins;
 pub mod pods;

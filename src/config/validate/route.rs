@@ -1,5 +1,9 @@
 //! The checks of one `[[routes]]` table, each of which also parses the
 //! value it checks, so the typed [`RouteConfig`] comes out of validation.
+//! What pods receive and how often (`methods`, `host`, `coalesce`,
+//! `pod_rate_limit`) is checked in [`request`].
+
+mod request;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -8,7 +12,7 @@ use http::Method;
 
 use super::super::load::{Sink, Spans};
 use super::super::route::{
-    RouteTable, SERVICE_PLACEHOLDER, parse_static_target, valid_service_name,
+    Methods, RouteTable, SERVICE_PLACEHOLDER, parse_static_target, valid_service_name,
 };
 use super::super::{Config, Mode, PluginConfig, Protocol, Scheme};
 use super::unknown_token_set;
@@ -25,11 +29,29 @@ const MAX_UDP_PAYLOAD: u64 = 65507;
 /// Smallest useful datagram limit (header plus a long id).
 const MIN_DATAGRAM: u64 = 256;
 
-/// Paths registered so far, with the methods each accepts.
+/// Paths registered so far, with the routes (by index) and methods each
+/// serves.
 #[derive(Default)]
 pub(super) struct PathTable {
     matcher: matchit::Router<usize>,
-    methods: HashMap<String, (usize, HashSet<Method>)>,
+    methods: HashMap<String, Vec<(usize, Methods)>>,
+}
+
+/// The methods two routes on one path would both serve, as written in a
+/// problem (`None`: they share none).
+fn overlap(a: &Methods, b: &Methods) -> Option<String> {
+    match (a, b) {
+        (Methods::Any, _) | (_, Methods::Any) => Some("any method (\"*\")".to_owned()),
+        (Methods::Listed(a), Methods::Listed(b)) => {
+            let both: HashSet<&Method> = a.iter().collect();
+            let shared: Vec<&str> = b
+                .iter()
+                .filter(|method| both.contains(method))
+                .map(Method::as_str)
+                .collect();
+            (!shared.is_empty()).then(|| shared.join(", "))
+        }
+    }
 }
 
 /// The checks of route table `index`, recording problems in `sink`.
@@ -71,45 +93,10 @@ impl RouteCheck<'_, '_, '_> {
         }
     }
 
-    /// The route's methods, parsed (`None` after a problem).
-    pub(super) fn methods(&mut self) -> Option<Vec<Method>> {
-        let mut methods = Vec::new();
-        let mut valid = true;
-        if self.route.methods.is_empty() {
-            self.problem("methods", "`methods` must name at least one HTTP method");
-            valid = false;
-        }
-        for (item, name) in self.route.methods.iter().enumerate() {
-            let upper = name.to_ascii_uppercase();
-            let known = matches!(
-                upper.as_str(),
-                "GET" | "POST" | "PUT" | "PATCH" | "DELETE" | "HEAD" | "OPTIONS"
-            );
-            match Method::from_bytes(upper.as_bytes()) {
-                Ok(method) if known && *name == upper => {
-                    if !methods.contains(&method) {
-                        methods.push(method);
-                    }
-                }
-                _ => {
-                    valid = false;
-                    let span = self.spans.route_item(self.index, "methods", item);
-                    self.sink.push(
-                        span,
-                        format!(
-                            "route \"{}\": `{name}` is not a supported method; use GET, POST, PUT, PATCH, DELETE, HEAD or OPTIONS",
-                            self.route.name
-                        ),
-                    );
-                }
-            }
-        }
-        valid.then_some(methods)
-    }
-
-    pub(super) fn path(&mut self, table: &mut PathTable, methods: Option<&[Method]>) {
-        let methods: HashSet<Method> = methods.unwrap_or_default().iter().cloned().collect();
-        let methods = &methods;
+    pub(super) fn path(&mut self, table: &mut PathTable, methods: Option<&Methods>) {
+        let methods = methods
+            .cloned()
+            .unwrap_or_else(|| Methods::Listed(Vec::new()));
         let path = &self.route.path;
         if !path.starts_with('/') {
             self.problem("path", format!("`path` must start with `/`, got `{path}`"));
@@ -126,17 +113,16 @@ impl RouteCheck<'_, '_, '_> {
             return;
         }
         match table.methods.get_mut(path) {
-            Some((first, existing)) => {
-                let first = *first;
-                let overlap: Vec<_> = existing.intersection(methods).cloned().collect();
-                existing.extend(methods.iter().cloned());
-                if !overlap.is_empty() {
-                    let overlap: Vec<_> = overlap.iter().map(Method::as_str).collect();
+            Some(existing) => {
+                let clash = existing
+                    .iter()
+                    .find_map(|(first, other)| overlap(other, &methods).map(|both| (*first, both)));
+                existing.push((self.index, methods));
+                if let Some((first, both)) = clash {
                     self.problem(
                         "path",
                         format!(
-                            "`{path}` with {} is already served by route #{}",
-                            overlap.join(", "),
+                            "`{path}` with {both} is already served by route #{}",
                             self.spans.route_number(first)
                         ),
                     );
@@ -146,7 +132,7 @@ impl RouteCheck<'_, '_, '_> {
                 Ok(()) => {
                     table
                         .methods
-                        .insert(path.clone(), (self.index, methods.clone()));
+                        .insert(path.clone(), vec![(self.index, methods)]);
                 }
                 Err(error) => self.problem("path", format!("`path` `{path}` is unusable: {error}")),
             },
@@ -440,7 +426,7 @@ impl RouteCheck<'_, '_, '_> {
             }
         }
         if let Some(limit) = route.rate_limit
-            && (!limit.per_second.is_finite() || limit.per_second <= 0.0 || limit.burst == 0)
+            && !request::valid_rate(limit)
         {
             self.problem(
                 "rate_limit",
