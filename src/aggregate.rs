@@ -8,14 +8,14 @@
 
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::vocabulary::delivery::{Delivery, ErrorKind};
 use crate::vocabulary::policy::Policy;
 use crate::vocabulary::target::Target;
 
 /// The answer document of one broadcast.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
     /// The broadcast id, as sent to every pod in `X-Broadcast-Id`.
     pub id: String,
@@ -38,7 +38,7 @@ pub struct Report {
 }
 
 /// One pod's outcome in a [`Report`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryReport {
     /// The pod's address (`ip:port`, IPv6 in brackets).
     pub target: String,
@@ -52,15 +52,15 @@ pub struct DeliveryReport {
     /// Why the delivery failed, if it did.
     pub error: Option<ErrorKind>,
     /// A human-readable detail of the failure.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
     /// The pod's response body, up to the route's `max_pod_body_bytes`.
     pub body: Option<String>,
     /// Whether `body` was cut at `max_pod_body_bytes`.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub body_truncated: bool,
     /// Whether the delivery was still running when the answer was sent.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
 }
 
@@ -106,10 +106,38 @@ impl Report {
             results,
         }
     }
+
+    /// Builds the report from each pod's recorded result (entries with
+    /// `pending` set are still running), as a resumed job does.
+    pub fn from_results(
+        id: &str,
+        route: &str,
+        policy: Policy,
+        results: Vec<DeliveryReport>,
+    ) -> Self {
+        let pending = results.iter().filter(|result| result.pending).count();
+        let succeeded = results
+            .iter()
+            .filter(|result| !result.pending && result.error.is_none())
+            .count();
+        let failed = results.len() - pending - succeeded;
+        Self {
+            id: id.to_owned(),
+            route: route.to_owned(),
+            policy: policy.to_string(),
+            ok: policy.is_met(succeeded, results.len()),
+            targets: results.len(),
+            succeeded,
+            failed,
+            pending,
+            results,
+        }
+    }
 }
 
 impl DeliveryReport {
-    fn from_delivery(target: &Target, delivery: &Delivery) -> Self {
+    /// One pod's finished delivery.
+    pub fn from_delivery(target: &Target, delivery: &Delivery) -> Self {
         let (body, body_truncated) = match &delivery.body {
             Some(body) => (
                 Some(String::from_utf8_lossy(&body.bytes).into_owned()),
@@ -130,7 +158,8 @@ impl DeliveryReport {
         }
     }
 
-    fn pending(target: &Target) -> Self {
+    /// A delivery still running (or not started) to `target`.
+    pub fn pending(target: &impl std::fmt::Display) -> Self {
         Self {
             target: target.to_string(),
             status: None,

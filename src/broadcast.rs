@@ -11,7 +11,13 @@
 //! When a route has `report_to`, the final report is POSTed to that
 //! collector from the same task ([`report_to`]), so shutdown waits for it
 //! like for the deliveries.
+//!
+//! Every HTTP broadcast is a job ([`crate::jobs`]): stored before it
+//! starts (so before an async route's 202), with each pod's outcome and
+//! the report's delivery recorded as they happen ([`job`]); a job left
+//! unfinished by a crash is resumed with [`Broadcaster::resume`].
 
+mod job;
 pub mod report_to;
 
 use std::collections::HashMap;
@@ -30,6 +36,7 @@ use crate::config::{DnsConfig, Mode};
 use crate::discovery::{Discovery, DiscoveryError, dns::LookupError};
 use crate::fanout::udp::{UdpReport, UdpSender};
 use crate::fanout::{Delivery, Fanout, PodRequest};
+use crate::jobs::{Job, Jobs, StoreError};
 use crate::limit::{Admitted, DeliveryBudget, Refused, Reserved};
 use crate::load::Endpoint;
 use crate::plugin::bindings::{self, RequestHead};
@@ -61,6 +68,7 @@ struct Shared {
     udp: UdpSender,
     sequence: AtomicU64,
     deliveries: DeliveryBudget,
+    jobs: Arc<Jobs>,
 }
 
 /// A broadcast that is running; its verdict comes through
@@ -115,6 +123,10 @@ pub enum NotStarted {
     /// The router-wide delivery budget is used up.
     #[error(transparent)]
     Refused(#[from] Refused),
+    /// The job could not be stored: the store is unreachable or full, or
+    /// a broadcast with the same id is still running.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The plugins selected no pod at all.
     #[error("route \"{route}\": the plugins selected none of the {discovered} discovered pods")]
     NoneSelected {
@@ -136,6 +148,8 @@ impl NotStarted {
             NotStarted::TooManyTargets { .. } => Blame::Config,
             NotStarted::Refused(Refused::Overloaded { .. }) => Blame::Router,
             NotStarted::Refused(_) => Blame::Client,
+            NotStarted::Store(StoreError::Duplicate(_)) => Blame::Client,
+            NotStarted::Store(_) => Blame::Router,
         }
     }
 }
@@ -164,12 +178,14 @@ impl Broadcaster {
     /// Builds the shared discovery and delivery machinery; the DNS
     /// resolver only `with_dns` (some route names a `service`). At most
     /// `max_deliveries` pod deliveries are in flight at once; idle pod
-    /// connections are kept for `pod_idle_timeout`.
+    /// connections are kept for `pod_idle_timeout`. Every HTTP broadcast
+    /// is a job in `jobs`.
     pub fn new(
         dns: &DnsConfig,
         with_dns: bool,
         max_deliveries: usize,
         pod_idle_timeout: Duration,
+        jobs: Arc<Jobs>,
     ) -> Result<Self, SetupError> {
         Ok(Self {
             discovery: Arc::new(Discovery::new(dns, with_dns)?),
@@ -182,6 +198,7 @@ impl Broadcaster {
                 next_key: AtomicU64::new(0),
                 udp: UdpSender::default(),
                 deliveries: DeliveryBudget::new(max_deliveries),
+                jobs,
                 // Sequence numbers start at the process start time in
                 // microseconds, so they keep growing across restarts.
                 sequence: AtomicU64::new(
@@ -219,9 +236,15 @@ impl Broadcaster {
         })
     }
 
+    /// The job store every broadcast is recorded in.
+    pub fn jobs(&self) -> &Arc<Jobs> {
+        &self.shared.jobs
+    }
+
     /// Discovers the route's pods, runs the route's plugins (selection and
-    /// transforms) and starts broadcasting `request` to them over HTTP.
-    /// `admitted` is held until the last delivery finished.
+    /// transforms), stores the broadcast's job and starts broadcasting
+    /// `request` to them over HTTP. `admitted` is held until the last
+    /// delivery finished.
     pub async fn start(
         self: &Arc<Self>,
         endpoint: Arc<Endpoint>,
@@ -235,12 +258,21 @@ impl Broadcaster {
             .discover_and_prepare(&endpoint, service, &id, request, started)
             .await?;
         let count = prepared.targets.len();
+        let route = &endpoint.route;
+        let mut job = Job::new(
+            &id,
+            &route.name,
+            &route.policy.to_string(),
+            &prepared.targets,
+            &prepared.requests,
+        );
+        self.shared.jobs.create(&mut job).await?;
         let (verdict, judged) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %endpoint.route.name, id = %id);
         let this = Arc::clone(self);
         self.shared.tasks.spawn(
             async move {
-                this.run(endpoint, id, prepared, started, verdict).await;
+                this.run(endpoint, job, prepared, started, verdict).await;
                 drop(admitted);
             }
             .instrument(span),
@@ -383,18 +415,20 @@ impl Broadcaster {
             .map(Into::into)
     }
 
-    /// POSTs a finished report to the route's collector (after the client
-    /// has its answer, so a slow collector never delays clients).
+    /// POSTs a finished UDP report to the route's collector (after the
+    /// client has its answer, so a slow collector never delays clients).
     async fn report(&self, route: &Route, id: &str, json: Option<bytes::Bytes>) {
         if let (Some(to), Some(json)) = (&route.report_to, json) {
-            report_to::send(self.shared.fanout.client(), to, &route.name, id, json).await;
+            let give_up = Instant::now() + to.retry_for;
+            let client = self.shared.fanout.client();
+            report_to::send(client, to, &route.name, id, json, give_up).await;
         }
     }
 
     async fn run(
         self: Arc<Self>,
         endpoint: Arc<Endpoint>,
-        id: String,
+        job: Job,
         prepared: Prepared,
         started: Instant,
         answer: oneshot::Sender<Verdict>,
@@ -406,9 +440,13 @@ impl Broadcaster {
             plugins,
             reserved,
         } = prepared;
+        let id = job.id.clone();
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let _registered = InFlight::register(&self.shared.in_flight, key, &id, &route.name);
         telemetry::broadcast_started(&route.name, targets.len());
+        let recorder = job::Tracked::new(Arc::clone(&self.shared.jobs), job, false)
+            .start()
+            .await;
 
         let mut outcomes: Vec<Option<Delivery>> = vec![None; targets.len()];
         let mut answer = Some(answer);
@@ -438,6 +476,7 @@ impl Broadcaster {
                     "Delivery failed."
                 ),
             }
+            recorder.pod(index, &targets[index], &delivery);
             outcomes[index] = Some(delivery);
             if early
                 && succeeded >= required
@@ -475,14 +514,21 @@ impl Broadcaster {
             answered_early = answer.is_none(),
             "Broadcast finished."
         );
-        let json = self.serialize_for_collector(route, report);
+        let report = report.clone();
         if let Some(sender) = answer
             && sender.send(verdict).is_err()
             && route.mode == Mode::Sync
         {
             tracing::info!("The client left before the answer; the broadcast completed anyway.");
         }
-        self.report(route, &id, json).await;
+        let tracked = recorder.written().await;
+        tracked
+            .finish(
+                route.report_to.as_ref(),
+                self.shared.fanout.client(),
+                report,
+            )
+            .await;
     }
 
     /// Stops accepting broadcasts and waits up to `grace` for running ones.

@@ -14,9 +14,10 @@
 //!
 //! Every problem carries the line and column it refers to (see [`Problem`]).
 //! The schema is split by table: [`server`] (`[server]`, `[dns]`,
-//! `[tokens.NAME]`), [`route`] (`[[routes]]`) and [`plugin`]
-//! (`[plugins.NAME]`).
+//! `[tokens.NAME]`), [`route`] (`[[routes]]`), [`plugin`]
+//! (`[plugins.NAME]`) and [`jobs`] (`[jobs]`).
 
+pub mod jobs;
 mod load;
 pub mod plugin;
 pub mod route;
@@ -27,6 +28,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use crate::vocabulary::problem::{Location, Problem, Problems};
+pub use jobs::JobsConfig;
 pub use plugin::{OnError, PluginConfig, PluginUse};
 pub use route::{
     Methods, Mode, PodHost, Protocol, RateLimitConfig, RouteConfig, RouteTable, Scheme, UdpConfig,
@@ -47,6 +49,9 @@ pub struct Config {
     /// The `[tokens.NAME]` tables: bearer token sets routes and the admin
     /// endpoints can require.
     pub tokens: BTreeMap<String, TokenSetConfig>,
+    /// The `[jobs]` table: where broadcast jobs are kept; absent, in
+    /// memory only.
+    pub jobs: Option<JobsConfig>,
 }
 
 impl Config {
@@ -95,6 +100,9 @@ impl Config {
         }
         for file in self.tokens.values_mut().filter_map(|set| set.file.as_mut()) {
             resolve(file);
+        }
+        if let Some(path) = self.jobs.as_mut().and_then(|jobs| jobs.path.as_mut()) {
+            resolve(path);
         }
         if let Some(cache_dir) = self.server.plugin_cache_dir.as_mut() {
             resolve(cache_dir);

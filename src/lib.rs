@@ -42,6 +42,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod fanout;
+pub mod jobs;
 pub mod limit;
 pub mod load;
 pub mod plugin;

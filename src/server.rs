@@ -5,9 +5,11 @@
 //!
 //! `state` holds the configuration generation in service and the reload
 //! swap, `handler` the checks before a broadcast, `answer` how a
-//! broadcast becomes the response, `error` the refusals, [`listener`]
-//! the accept loop with its client limits, [`admin`] the admin endpoints;
-//! this module starts and stops them.
+//! broadcast becomes the response, `error` the refusals, `status` the
+//! job status API (`GET /broadcasts/{id}`), [`listener`] the accept loop
+//! with its client limits, [`admin`] the admin endpoints; this module
+//! starts and stops them, and keeps the job store's lease, sweeping and
+//! resuming unfinished jobs going.
 
 pub mod admin;
 mod answer;
@@ -16,6 +18,7 @@ mod error;
 mod handler;
 pub mod listener;
 mod state;
+mod status;
 
 pub use error::ApiError;
 pub use handler::app;
@@ -30,7 +33,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
+use crate::jobs::{Jobs, StoreError};
 use crate::telemetry;
 use listener::ClientLimits;
 
@@ -48,6 +52,9 @@ pub enum StartError {
     /// The configuration's files or machinery could not be built.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The `[jobs]` store could not be opened.
+    #[error("cannot open the job store: {0}")]
+    Jobs(#[from] StoreError),
 }
 
 /// A running router: both listeners bound and serving.
@@ -72,7 +79,18 @@ pub async fn start(config: &Config) -> Result<Running, StartError> {
 pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, StartError> {
     // Install the metrics recorder before anything can record.
     telemetry::metrics();
-    let generation = Generation::build(config, None, 1, origin)?;
+    let jobs = Arc::new(Jobs::open(config.jobs.as_ref()).await?);
+    if !jobs.is_durable()
+        && config
+            .routes
+            .iter()
+            .any(|route| route.table.mode == Mode::Async)
+    {
+        tracing::warn!(
+            "Broadcast jobs are kept in memory (no [jobs] table): an async broadcast still running when the router stops is lost. Configure [jobs] path or redis to resume them after a restart."
+        );
+    }
+    let generation = Generation::build(config, Arc::clone(&jobs), 1, origin)?;
     let listener_tls = generation.listener_tls.clone();
     telemetry::config_reloaded("initial", 1);
     let state = Arc::new(AppState::new(generation));
@@ -136,6 +154,12 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
             }
         }
     });
+    tokio::spawn(keep_jobs(
+        Arc::clone(&state),
+        jobs,
+        shutdown.clone(),
+        admin_shutdown.clone(),
+    ));
     state
         .admin_on_loopback
         .store(admin_addr.ip().is_loopback(), Ordering::Relaxed);
@@ -187,5 +211,38 @@ impl Running {
         let _ = self.admin.await;
         tracing::info!(unfinished = unfinished.len(), "Router stopped.");
         unfinished
+    }
+}
+
+/// Every third of the lease until the router stops: renews the job
+/// store lease, forgets expired jobs, checks the store's size and resumes
+/// the unfinished jobs this router takes over (not once it is draining).
+async fn keep_jobs(
+    state: Arc<AppState>,
+    jobs: Arc<Jobs>,
+    draining: CancellationToken,
+    stopped: CancellationToken,
+) {
+    let mut every = tokio::time::interval(jobs.tick_interval());
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while stopped.run_until_cancelled(every.tick()).await.is_some() {
+        match jobs.tick(!draining.is_cancelled()).await {
+            Ok(claimed) => {
+                let generation = state.active().generation;
+                for job in claimed {
+                    let endpoint = generation
+                        .endpoints
+                        .iter()
+                        .find(|endpoint| *endpoint.route.name == *job.route)
+                        .cloned();
+                    generation.broadcaster.resume(endpoint, job);
+                }
+            }
+            Err(error) => tracing::warn!(
+                store = jobs.kind(),
+                %error,
+                "The job store could not be kept up (lease, sweep or takeover); retrying."
+            ),
+        }
     }
 }

@@ -99,6 +99,10 @@ const DATAGRAMS: &str = "broadcast_router_udp_datagrams_total";
 const CONFIG_RELOADS: &str = "broadcast_router_config_reloads_total";
 const CONFIG_VERSION: &str = "broadcast_router_config_version";
 const POD_RESENDS: &str = "broadcast_router_pod_request_resends_total";
+const JOBS: &str = "broadcast_router_jobs_total";
+const JOBS_RUNNING: &str = "broadcast_router_jobs_running";
+const JOB_STORE_ERRORS: &str = "broadcast_router_job_store_errors_total";
+const JOB_STORE_DURATION: &str = "broadcast_router_job_store_duration_seconds";
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -156,6 +160,22 @@ fn describe() {
     describe_counter!(
         POD_RESENDS,
         "Pod requests sent again on a new connection because the pod had closed the reused idle one before answering (not counted as retries)."
+    );
+    describe_counter!(
+        JOBS,
+        "Broadcast jobs by route and event: accepted (stored before the answer), done, resumed (taken over after a restart or from a dead router)."
+    );
+    describe_gauge!(
+        JOBS_RUNNING,
+        "Jobs this router is working on (deliveries or the report under way)."
+    );
+    describe_counter!(
+        JOB_STORE_ERRORS,
+        "Job store operations that failed, by store (memory, file, redis), operation and error (too_many_pending, full, duplicate, lost, unavailable, corrupt)."
+    );
+    describe_histogram!(
+        JOB_STORE_DURATION,
+        "Time of one job store operation (a durable write for create and update), by store and operation."
     );
     describe_counter!(
         DNS_STALE,
@@ -246,4 +266,40 @@ pub fn plugin_failure(route: &str, plugin: &str, cause: &'static str) {
 pub fn config_reloaded(outcome: &'static str, version: u64) {
     counter!(CONFIG_RELOADS, "outcome" => outcome).increment(1);
     gauge!(CONFIG_VERSION).set(version as f64);
+}
+
+/// A job was stored before its broadcast was answered.
+pub fn job_accepted(route: &str) {
+    counter!(JOBS, "route" => route.to_owned(), "event" => "accepted").increment(1);
+}
+
+/// This router started (`resumed`: took over) working on a job.
+pub fn job_running(route: &str, resumed: bool) {
+    gauge!(JOBS_RUNNING).increment(1.0);
+    if resumed {
+        counter!(JOBS, "route" => route.to_owned(), "event" => "resumed").increment(1);
+    }
+}
+
+/// This router stopped working on a job (`done`: it is finished).
+pub fn job_stopped(route: &str, done: bool) {
+    gauge!(JOBS_RUNNING).decrement(1.0);
+    if done {
+        counter!(JOBS, "route" => route.to_owned(), "event" => "done").increment(1);
+    }
+}
+
+/// One job store operation took `elapsed`; `error` is its failure's label.
+pub fn job_store(
+    store: &'static str,
+    operation: &'static str,
+    error: Option<&'static str>,
+    elapsed: Duration,
+) {
+    histogram!(JOB_STORE_DURATION, "store" => store, "operation" => operation)
+        .record(elapsed.as_secs_f64());
+    if let Some(error) = error {
+        counter!(JOB_STORE_ERRORS, "store" => store, "operation" => operation, "error" => error)
+            .increment(1);
+    }
 }

@@ -22,7 +22,7 @@ const FLOORS: &[&[&str]] = &[
         "limit",
         "tls",
     ],
-    &["load"],
+    &["load", "jobs"],
     &["broadcast"],
     &["server"],
     &["reload", "demo"],

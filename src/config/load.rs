@@ -39,6 +39,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
                     config.server = server;
                 }
             }
+            "jobs" => {
+                if let Some(jobs) = sink.deserialize(value) {
+                    config.jobs = Some(jobs);
+                }
+            }
             "dns" => {
                 if let Some(dns) = sink.deserialize(value) {
                     config.dns = dns;
@@ -95,7 +100,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
             other => sink.push(
                 key.span(),
                 format!(
-                    "unknown top-level key `{other}`; expected `server`, `dns`, `tokens`, `plugins` or `routes`"
+                    "unknown top-level key `{other}`; expected `server`, `dns`, `jobs`, `tokens`, `plugins` or `routes`"
                 ),
             ),
         }

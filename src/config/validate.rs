@@ -100,6 +100,10 @@ pub(super) fn validate(
         );
     }
 
+    if let Some(jobs) = &config.jobs {
+        check_jobs(jobs, spans, sink);
+    }
+
     for (name, plugin) in &config.plugins {
         let span = spans.section("plugins", name);
         let memory = plugin.memory.as_u64();
@@ -159,6 +163,48 @@ pub(super) fn validate(
 }
 
 /// The problem of a reference to a token set that is not defined.
+/// `[jobs]`: one store, a usable Redis URL, bounds above zero.
+fn check_jobs(jobs: &super::JobsConfig, spans: &Spans<'_>, sink: &mut Sink<'_>) {
+    match (&jobs.path, &jobs.redis) {
+        (Some(_), Some(_)) => sink.push(
+            spans.section("jobs", "redis"),
+            "`path` and `redis` are exclusive: give the embedded store's file or a Redis URL, not both",
+        ),
+        (None, None) => sink.push(
+            spans.section("jobs", "path"),
+            "[jobs] needs `path` (the embedded store's file) or `redis` (a Redis URL); without [jobs], jobs are kept in memory",
+        ),
+        (Some(path), None) if path.as_os_str().is_empty() => {
+            sink.push(spans.section("jobs", "path"), "`path` must not be empty");
+        }
+        (None, Some(url)) if !(url.starts_with("redis://") || url.starts_with("rediss://")) => {
+            sink.push(
+                spans.section("jobs", "redis"),
+                format!("`redis` must be a redis:// or rediss:// URL, got `{url}`"),
+            );
+        }
+        _ => {}
+    }
+    for (key, zero) in [
+        ("retention", jobs.retention.is_zero()),
+        ("max_pending", jobs.max_pending == 0),
+        ("max_bytes", jobs.max_bytes.as_u64() == 0),
+        ("lease", jobs.lease < Duration::from_millis(300)),
+    ] {
+        if zero {
+            let least = if key == "lease" {
+                "at least 300ms"
+            } else {
+                "larger than 0"
+            };
+            sink.push(
+                spans.section("jobs", key),
+                format!("`{key}` must be {least}"),
+            );
+        }
+    }
+}
+
 fn unknown_token_set(name: &str, config: &Config) -> String {
     let known: Vec<&str> = config.tokens.keys().map(String::as_str).collect();
     format!(

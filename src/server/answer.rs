@@ -1,6 +1,7 @@
 //! Answer rendering: how a started broadcast becomes the client's
 //! response. UDP routes answer 202 with what was sent; `async` HTTP routes
-//! answer 202 at once; other HTTP routes answer with the [`Verdict`]'s
+//! answer 202 at once, once the job is stored, with `Location:
+//! /broadcasts/{id}`; other HTTP routes answer with the [`Verdict`]'s
 //! status and body, decided by [`crate::aggregate`].
 //!
 //! [`Verdict`]: crate::aggregate::Verdict
@@ -81,8 +82,14 @@ pub(super) async fn http(
             mode: "async",
             targets,
         };
+        let location = format!("/broadcasts/{id}");
         return Ok(Answered {
-            response: (StatusCode::ACCEPTED, Json(accepted)).into_response(),
+            response: (
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, location)],
+                Json(accepted),
+            )
+                .into_response(),
             targets,
             succeeded: None,
         });

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::auth::Denied;
 use crate::broadcast::NotStarted;
 use crate::discovery::DiscoveryError;
+use crate::jobs::StoreError;
 use crate::limit::Refused;
 use crate::route::{ClientHost, ServiceRefused, UnsafePath};
 use crate::vocabulary::blame::Blame;
@@ -83,6 +84,17 @@ pub enum ApiError {
         "/admin/config shows file paths, route names and reload errors: it needs [server] admin_auth when admin_listen is not a loopback address"
     )]
     AdminConfigClosed,
+    /// `GET /broadcasts/{id}`: no such job (or it expired).
+    #[error(
+        "no broadcast with id \"{0}\" is known (unknown, or finished longer ago than [jobs] retention)"
+    )]
+    UnknownJob(String),
+    /// `GET /broadcasts`: a query parameter is unusable.
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    /// The job store could not be read for the status API.
+    #[error(transparent)]
+    Jobs(StoreError),
     /// The client took longer than `client_timeout` to send the body.
     #[error("the request body did not arrive within {0:?}")]
     ClientTimeout(std::time::Duration),
@@ -95,7 +107,20 @@ impl ApiError {
             ApiError::BadBroadcastId
             | ApiError::BodyRead(_)
             | ApiError::UnsafePath(_)
-            | ApiError::ClientHost(_) => StatusCode::BAD_REQUEST,
+            | ApiError::ClientHost(_)
+            | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownJob(_) => StatusCode::NOT_FOUND,
+            ApiError::NotStarted(NotStarted::Store(StoreError::Duplicate(_))) => {
+                StatusCode::CONFLICT
+            }
+            ApiError::NotStarted(NotStarted::Store(error)) | ApiError::Jobs(error)
+                if error.is_bound() =>
+            {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ApiError::NotStarted(NotStarted::Store(_)) | ApiError::Jobs(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::CoalescedLost => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::ServiceRefused(_)
             | ApiError::Denied(Denied::NotAllowed)
@@ -126,7 +151,7 @@ impl ApiError {
         match self {
             ApiError::NotStarted(not_started) => not_started.blame(),
             ApiError::AdminConfigClosed => Blame::Config,
-            ApiError::CoalescedLost => Blame::Router,
+            ApiError::CoalescedLost | ApiError::Jobs(_) => Blame::Router,
             _ => Blame::Client,
         }
     }
@@ -137,7 +162,16 @@ impl ApiError {
             ApiError::BadBroadcastId
             | ApiError::BodyRead(_)
             | ApiError::UnsafePath(_)
-            | ApiError::ClientHost(_) => "bad_request",
+            | ApiError::ClientHost(_)
+            | ApiError::BadQuery(_) => "bad_request",
+            ApiError::UnknownJob(_) => "unknown_job",
+            ApiError::NotStarted(NotStarted::Store(StoreError::Duplicate(_))) => "duplicate_id",
+            ApiError::NotStarted(NotStarted::Store(error)) | ApiError::Jobs(error)
+                if error.is_bound() =>
+            {
+                "jobs_full"
+            }
+            ApiError::NotStarted(NotStarted::Store(_)) | ApiError::Jobs(_) => "job_store_error",
             ApiError::CoalescedLost => "lost",
             ApiError::ServiceRefused(_) => "refused",
             ApiError::Denied(Denied::NotAllowed) | ApiError::AdminConfigClosed => "forbidden",
@@ -207,6 +241,9 @@ impl ApiError {
             ApiError::Refused(refused) | ApiError::NotStarted(NotStarted::Refused(refused)) => {
                 let seconds = refused.retry_after().as_secs_f64().ceil().max(1.0) as u64;
                 Some((header::RETRY_AFTER, seconds.into()))
+            }
+            ApiError::NotStarted(NotStarted::Store(_)) | ApiError::Jobs(_) => {
+                Some((header::RETRY_AFTER, HeaderValue::from_static("1")))
             }
             _ => None,
         }

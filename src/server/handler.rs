@@ -17,7 +17,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, RawPathParams, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use tower::ServiceExt;
 
@@ -35,11 +35,14 @@ use crate::vocabulary::headers::{
     BROADCAST_ID, BROADCAST_SUCCEEDED, BROADCAST_TARGETS, has_looped, valid_broadcast_id,
 };
 
-/// The broadcast listener as an axum router: every request goes to the
+/// The broadcast listener as an axum router: the job status API
+/// (`/broadcasts`, [`super::status`]), and every other request to the
 /// routes of the configuration active when it arrives. Serve it with
 /// `into_make_service_with_connect_info::<SocketAddr>()`.
 pub fn app(state: Arc<AppState>) -> axum::Router {
     axum::Router::new()
+        .route("/broadcasts", get(super::status::list))
+        .route("/broadcasts/{id}", get(super::status::one))
         .fallback(
             |State(state): State<Arc<AppState>>, request: Request| async move {
                 let router = state.active().router;

@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 use crate::auth::Guard;
 use crate::broadcast::{Broadcaster, SetupError};
 use crate::config::{Config, ConfigError, Problems};
+use crate::jobs::Jobs;
 use crate::load::{Endpoint, Loaded};
 use crate::telemetry;
 
@@ -122,18 +123,19 @@ impl Generation {
     /// reusing `previous`'s shared parts.
     pub(super) fn build(
         config: &Config,
-        previous: Option<&Broadcaster>,
+        jobs: Arc<Jobs>,
         version: u64,
         origin: Origin,
     ) -> Result<Self, BuildError> {
         let loaded = Loaded::load(config).map_err(BuildError::Load)?;
-        Self::from_loaded(loaded, previous, version, origin)
+        Self::from_loaded(loaded, None, Some(jobs), version, origin)
     }
 
     /// Builds the broadcaster for a loaded configuration.
     fn from_loaded(
         loaded: Loaded,
         previous: Option<&Broadcaster>,
+        jobs: Option<Arc<Jobs>>,
         version: u64,
         origin: Origin,
     ) -> Result<Self, BuildError> {
@@ -148,6 +150,7 @@ impl Generation {
                 with_dns,
                 config.server.max_in_flight_deliveries,
                 config.server.pod_idle_timeout,
+                jobs.unwrap_or_else(Jobs::in_memory),
             )?,
         };
         let info = ConfigInfo {
@@ -298,6 +301,7 @@ impl AppState {
         Ok(Generation::from_loaded(
             loaded,
             Some(&previous.broadcaster),
+            None,
             version,
             origin,
         )?)

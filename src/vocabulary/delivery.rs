@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, StatusCode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What every pod of one broadcast receives (before per-pod addressing).
 #[derive(Debug)]
@@ -74,7 +74,7 @@ pub struct DeliveryError {
 }
 
 /// The fixed set of delivery failure categories.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// No connection could be made (refused, unreachable).

@@ -102,6 +102,13 @@ impl RouteCheck<'_, '_, '_> {
             self.problem("path", format!("`path` must start with `/`, got `{path}`"));
             return;
         }
+        if path == "/broadcasts" || path.starts_with("/broadcasts/") {
+            self.problem(
+                "path",
+                format!("`path` `{path}` is the router's status API (`GET /broadcasts/{{id}}`); choose another path"),
+            );
+            return;
+        }
         if let Some(segment) = path
             .split('/')
             .find(|segment| segment.starts_with(':') || segment.starts_with('*'))

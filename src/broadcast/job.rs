@@ -1,0 +1,276 @@
+//! A broadcast's job in the store: each pod's outcome recorded as it
+//! happens (by a writer beside the deliveries, so a slow store never
+//! holds them up), the report's delivery to `report_to` recorded before
+//! and after it is sent, and [`Broadcaster::resume`]: finishing a job
+//! another router process left unfinished.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::{Broadcaster, report_to};
+use crate::aggregate::{DeliveryReport, Report};
+use crate::jobs::{Job, JobState, Jobs, StoreError, now_ms};
+use crate::jobs::{ReportDelivery, ReportState};
+use crate::load::Endpoint;
+use crate::route::{ReportTo, Route};
+use crate::telemetry;
+use crate::vocabulary::delivery::{Delivery, ErrorKind, PodRequest};
+use crate::vocabulary::policy::Policy;
+use crate::vocabulary::target::Target;
+
+/// A job this router is working on.
+pub(super) struct Tracked {
+    jobs: Arc<Jobs>,
+    job: Job,
+    /// Another router took the job over: stop writing and reporting.
+    lost: bool,
+}
+
+impl Tracked {
+    pub(super) fn new(jobs: Arc<Jobs>, job: Job, resumed: bool) -> Self {
+        telemetry::job_running(&job.route, resumed);
+        Self {
+            jobs,
+            job,
+            lost: false,
+        }
+    }
+
+    /// Writes the job; after a [`StoreError::Lost`], never again.
+    async fn save(&mut self) {
+        if self.lost {
+            return;
+        }
+        if let Err(StoreError::Lost(_)) = self.jobs.update(&mut self.job).await {
+            tracing::warn!("Another router took this job over; this router stops working on it.");
+            self.lost = true;
+        }
+    }
+
+    /// Marks the job running and starts the writer of pod outcomes.
+    pub(super) async fn start(mut self) -> Recorder {
+        self.job.state = JobState::Running;
+        self.save().await;
+        let (outcomes, mut received) = mpsc::unbounded_channel::<(usize, DeliveryReport)>();
+        let writer = tokio::spawn(
+            async move {
+                while let Some((index, result)) = received.recv().await {
+                    self.job.pods[index].result = Some(result);
+                    // Whatever else finished meanwhile goes in the same write.
+                    while let Ok((index, result)) = received.try_recv() {
+                        self.job.pods[index].result = Some(result);
+                    }
+                    self.save().await;
+                }
+                self
+            }
+            .in_current_span(),
+        );
+        Recorder { outcomes, writer }
+    }
+
+    /// Records the final report and delivers it to the route's collector
+    /// (unless it was delivered or given up before), then marks the job
+    /// done.
+    pub(super) async fn finish(
+        mut self,
+        report_to: Option<&ReportTo>,
+        client: &reqwest::Client,
+        report: Report,
+    ) {
+        if self.lost {
+            telemetry::job_stopped(&self.job.route, false);
+            return;
+        }
+        let json = serde_json::to_vec(&report).map(bytes::Bytes::from);
+        self.job.report = Some(report);
+        let pending = self
+            .job
+            .report_to
+            .as_ref()
+            .is_none_or(|delivery| delivery.state == ReportState::Pending);
+        if let (Some(to), Ok(json), true) = (report_to, json, pending) {
+            let give_up_ms = self.job.report_to.as_ref().map_or_else(
+                || now_ms() + to.retry_for.as_millis() as u64,
+                |delivery| delivery.give_up_ms,
+            );
+            self.job.report_to = Some(ReportDelivery {
+                state: ReportState::Pending,
+                give_up_ms,
+            });
+            self.save().await;
+            if self.lost {
+                telemetry::job_stopped(&self.job.route, false);
+                return;
+            }
+            let left = Duration::from_millis(give_up_ms.saturating_sub(now_ms()));
+            let delivered = report_to::send(
+                client,
+                to,
+                &self.job.route,
+                &self.job.id,
+                json,
+                Instant::now() + left,
+            )
+            .await;
+            self.job.report_to = Some(ReportDelivery {
+                state: if delivered {
+                    ReportState::Delivered
+                } else {
+                    ReportState::Failed
+                },
+                give_up_ms,
+            });
+        }
+        self.job.state = JobState::Done;
+        self.job.finished_ms = Some(now_ms());
+        self.save().await;
+        telemetry::job_stopped(&self.job.route, !self.lost);
+    }
+}
+
+/// Hands pod outcomes to the job's writer.
+pub(super) struct Recorder {
+    outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
+    writer: JoinHandle<Tracked>,
+}
+
+impl Recorder {
+    /// Records pod `index`'s outcome (written as soon as the store allows).
+    pub(super) fn pod(&self, index: usize, target: &Target, delivery: &Delivery) {
+        let _ = self
+            .outcomes
+            .send((index, DeliveryReport::from_delivery(target, delivery)));
+    }
+
+    /// Records pod `target` as failed without a delivery.
+    fn failed(&self, target: &Target, detail: &str) {
+        let mut result = DeliveryReport::pending(target);
+        result.pending = false;
+        result.error = Some(ErrorKind::Protocol);
+        result.detail = Some(detail.to_owned());
+        let _ = self.outcomes.send((target.index, result));
+    }
+
+    /// Waits until every recorded outcome is written.
+    pub(super) async fn written(self) -> Tracked {
+        drop(self.outcomes);
+        self.writer
+            .await
+            .expect("the job writer never panics: it only writes")
+    }
+}
+
+impl Broadcaster {
+    /// Finishes a job another router process left unfinished (this one
+    /// before a restart, or a dead replica sharing the Redis store): the
+    /// pods without a recorded outcome get their copy again (same
+    /// `X-Broadcast-Id`), then the report goes to `report_to` unless it was
+    /// delivered before. `endpoint` is the job's route in the active
+    /// configuration; without it the job is closed with the pods it has.
+    pub fn resume(self: &Arc<Self>, endpoint: Option<Arc<Endpoint>>, mut job: Job) {
+        job.resumed += 1;
+        let span = tracing::info_span!("broadcast", route = %job.route, id = %job.id, resumed = job.resumed);
+        let this = Arc::clone(self);
+        self.shared.tasks.spawn(
+            async move {
+                let pending = job.pods.iter().filter(|pod| pod.result.is_none()).count();
+                tracing::info!(pending, targets = job.pods.len(), "Resuming an unfinished broadcast.");
+                let tracked = Tracked::new(Arc::clone(&this.shared.jobs), job, true);
+                let Some(endpoint) = endpoint else {
+                    tracing::error!("The broadcast's route is no longer configured; closing its job with the pods it reached.");
+                    let report = report_of(&tracked.job, None);
+                    tracked.finish(None, this.shared.fanout.client(), report).await;
+                    return;
+                };
+                this.resume_deliveries(endpoint, tracked).await;
+            }
+            .instrument(span),
+        );
+    }
+
+    async fn resume_deliveries(&self, endpoint: Arc<Endpoint>, tracked: Tracked) {
+        let route = &endpoint.route;
+        let job = &tracked.job;
+        let targets = job.targets();
+        let decoded: Vec<Option<Arc<PodRequest>>> = job
+            .requests
+            .iter()
+            .map(|stored| stored.request().map(Arc::new))
+            .collect();
+        let mut waiting = Vec::new();
+        let mut pending_requests = Vec::new();
+        let mut unreadable = Vec::new();
+        for (index, pod) in job.pods.iter().enumerate() {
+            if job.report.is_some() || pod.result.is_some() {
+                continue;
+            }
+            match &decoded[pod.request] {
+                Some(request) => {
+                    waiting.push(targets[index].clone());
+                    pending_requests.push(Arc::clone(request));
+                }
+                None => unreadable.push(targets[index].clone()),
+            }
+        }
+        let started = Instant::now();
+        let recorder = tracked.start().await;
+        for target in &unreadable {
+            tracing::error!(%target, "The stored request is unreadable; the pod is reported as failed.");
+            recorder.failed(
+                target,
+                "the stored request could not be read back after a restart",
+            );
+        }
+        let mut deliveries = self.shared.fanout.deliver_all(
+            &pending_requests,
+            &waiting,
+            &route.limits,
+            endpoint.tls.as_ref(),
+            started,
+        );
+        while let Some((position, delivery)) = deliveries.next().await {
+            let target = &waiting[position];
+            telemetry::delivery_finished(
+                &route.name,
+                delivery.outcome(),
+                delivery.attempts,
+                delivery.latency,
+            );
+            recorder.pod(target.index, target, &delivery);
+        }
+        drop(deliveries);
+        let tracked = recorder.written().await;
+        let report = report_of(&tracked.job, Some(route));
+        tracing::info!(
+            ok = report.ok,
+            targets = report.targets,
+            succeeded = report.succeeded,
+            failed = report.failed,
+            "Resumed broadcast finished."
+        );
+        tracked
+            .finish(
+                route.report_to.as_ref(),
+                self.shared.fanout.client(),
+                report,
+            )
+            .await;
+    }
+}
+
+/// The job's report: the one judged before, or one judged now by the
+/// route's policy from the recorded outcomes.
+fn report_of(job: &Job, route: Option<&Route>) -> Report {
+    if let Some(report) = &job.report {
+        return report.clone();
+    }
+    let policy = route.map_or_else(Policy::default, |route| route.policy);
+    Report::from_results(&job.id, &job.route, policy, job.results())
+}
