@@ -7,6 +7,7 @@ pub mod caches;
 pub mod dns;
 pub mod plugins;
 pub mod pods;
+pub mod redis;
 
 use std::net::SocketAddr;
 use std::time::Duration;

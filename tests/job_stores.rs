@@ -1,0 +1,283 @@
+//! One suite for every job store: the same specification runs against the
+//! memory store, the embedded redb file and a real Redis server, so the
+//! three keep one contract (bounds, duplicates, ownership, takeover,
+//! listing, retention). What only Redis does (leases between routers) is
+//! specified at the end.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use broadcast_router::fanout::PodRequest;
+use broadcast_router::jobs::file::FileStore;
+use broadcast_router::jobs::memory::MemoryStore;
+use broadcast_router::jobs::redis::RedisStore;
+use broadcast_router::jobs::{Filter, Job, JobState, JobStore, StoreError};
+use broadcast_router::vocabulary::target::Target;
+use support::redis::RedisServer;
+
+/// A store under test, with what keeps it alive.
+struct Subject {
+    store: Box<dyn JobStore>,
+    _dir: Option<tempfile::TempDir>,
+    _redis: Option<RedisServer>,
+}
+
+fn memory() -> Subject {
+    Subject {
+        store: Box::new(MemoryStore::default()),
+        _dir: None,
+        _redis: None,
+    }
+}
+
+fn file() -> Subject {
+    let dir = tempfile::tempdir().unwrap();
+    let store = FileStore::open(&dir.path().join("state/jobs.db")).expect("the file store opens");
+    Subject {
+        store: Box::new(store),
+        _dir: Some(dir),
+        _redis: None,
+    }
+}
+
+async fn redis() -> Subject {
+    let server = RedisServer::start();
+    let store = RedisStore::connect(&server.url())
+        .await
+        .expect("redis store");
+    Subject {
+        store: Box::new(store),
+        _dir: None,
+        _redis: Some(server),
+    }
+}
+
+/// A job of `route` to two pods, owned by `owner`.
+fn job(id: &str, route: &str, owner: &str) -> Job {
+    let request = Arc::new(PodRequest {
+        method: http::Method::POST,
+        path_and_query: "/purge".into(),
+        headers: http::HeaderMap::new(),
+        body: bytes::Bytes::from_static(b"key"),
+    });
+    let targets: Vec<Target> = (0..2)
+        .map(|index| Target {
+            addr: SocketAddr::from(([127, 0, 0, 2 + index as u8], 80)),
+            service: None,
+            index,
+        })
+        .collect();
+    let mut job = Job::new(id, route, "all", &targets, &[request.clone(), request]);
+    job.owner = owner.into();
+    job
+}
+
+const RETAIN: Duration = Duration::from_secs(3600);
+
+async fn finish(store: &dyn JobStore, job: &mut Job) {
+    job.state = JobState::Done;
+    job.finished_ms = Some(broadcast_router::jobs::now_ms());
+    store.update(job, RETAIN).await.expect("update");
+}
+
+async fn a_created_job_reads_back_and_unknown_ids_are_none(subject: Subject) {
+    let store = &*subject.store;
+    store.create(&job("j1", "purge", "a"), 10).await.unwrap();
+    let read = store.get("j1").await.unwrap().expect("the job");
+    assert_eq!(read.route, "purge");
+    assert_eq!(read.state, JobState::Accepted);
+    assert_eq!(read.pods.len(), 2);
+    assert_eq!(read.requests.len(), 1, "one request shared by both pods");
+    assert_eq!(read.requests[0].request().unwrap().body.as_ref(), b"key");
+    assert!(store.get("nope").await.unwrap().is_none());
+}
+
+async fn max_pending_counts_unfinished_jobs_only(subject: Subject) {
+    let store = &*subject.store;
+    let mut first = job("p1", "purge", "a");
+    store.create(&first, 2).await.unwrap();
+    store.create(&job("p2", "purge", "a"), 2).await.unwrap();
+    let refused = store.create(&job("p3", "purge", "a"), 2).await;
+    assert!(
+        matches!(refused, Err(StoreError::TooManyPending { limit: 2 })),
+        "{refused:?}"
+    );
+    finish(store, &mut first).await;
+    store.create(&job("p3", "purge", "a"), 2).await.unwrap();
+}
+
+async fn a_running_id_is_refused_and_a_finished_one_reused(subject: Subject) {
+    let store = &*subject.store;
+    let mut first = job("same", "purge", "a");
+    store.create(&first, 10).await.unwrap();
+    let again = store.create(&job("same", "purge", "a"), 10).await;
+    assert!(matches!(again, Err(StoreError::Duplicate(_))), "{again:?}");
+    finish(store, &mut first).await;
+    store.create(&job("same", "other", "a"), 10).await.unwrap();
+    assert_eq!(store.get("same").await.unwrap().unwrap().route, "other");
+}
+
+async fn a_claimed_job_belongs_to_its_new_owner(subject: Subject) {
+    let store = &*subject.store;
+    let mut original = job("c1", "purge", "dead-router");
+    store.create(&original, 10).await.unwrap();
+    let claimed = store.claim("survivor").await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let mut taken = claimed.into_iter().next().unwrap();
+    assert_eq!(taken.owner, "survivor");
+    // The old owner's writes are refused from now on; the new owner's go.
+    original.state = JobState::Running;
+    let late = store.update(&original, RETAIN).await;
+    assert!(matches!(late, Err(StoreError::Lost(_))), "{late:?}");
+    taken.state = JobState::Running;
+    store.update(&taken, RETAIN).await.unwrap();
+    assert!(store.claim("survivor").await.unwrap().is_empty());
+    finish(store, &mut taken).await;
+    assert!(store.claim("someone-else").await.unwrap().is_empty());
+}
+
+async fn listing_is_newest_first_and_filtered(subject: Subject) {
+    let store = &*subject.store;
+    let mut jobs = Vec::new();
+    for (index, route) in ["a", "b", "a"].iter().enumerate() {
+        let mut job = job(&format!("l{index}"), route, "me");
+        job.created_ms += index as u64;
+        store.create(&job, 10).await.unwrap();
+        jobs.push(job);
+    }
+    finish(store, &mut jobs[0]).await;
+    let ids = |found: Vec<Job>| found.into_iter().map(|job| job.id).collect::<Vec<_>>();
+    let all = Filter {
+        limit: 10,
+        ..Filter::default()
+    };
+    assert_eq!(ids(store.list(&all).await.unwrap()), ["l2", "l1", "l0"]);
+    let route_a = Filter {
+        route: Some("a".into()),
+        limit: 10,
+        ..Filter::default()
+    };
+    assert_eq!(ids(store.list(&route_a).await.unwrap()), ["l2", "l0"]);
+    let done = Filter {
+        state: Some(JobState::Done),
+        limit: 10,
+        ..Filter::default()
+    };
+    assert_eq!(ids(store.list(&done).await.unwrap()), ["l0"]);
+    let one = Filter {
+        limit: 1,
+        ..Filter::default()
+    };
+    assert_eq!(ids(store.list(&one).await.unwrap()), ["l2"]);
+}
+
+async fn finished_jobs_are_forgotten_after_retention(subject: Subject) {
+    let store = &*subject.store;
+    let retention = Duration::from_millis(200);
+    let mut done = job("old", "purge", "me");
+    done.created_ms -= 1000;
+    store.create(&done, 10).await.unwrap();
+    let mut running = job("long", "purge", "me");
+    running.created_ms -= 1000;
+    store.create(&running, 10).await.unwrap();
+    done.state = JobState::Done;
+    done.finished_ms = Some(broadcast_router::jobs::now_ms());
+    store.update(&done, retention).await.unwrap();
+    store.sweep(retention).await.unwrap();
+    assert!(
+        store.get("old").await.unwrap().is_some(),
+        "kept while fresh"
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let size = store.sweep(retention).await.unwrap();
+    assert!(store.get("old").await.unwrap().is_none(), "expired");
+    assert!(
+        store.get("long").await.unwrap().is_some(),
+        "an unfinished job never expires"
+    );
+    assert!(size > 0, "the store reports its size");
+}
+
+macro_rules! for_every_store {
+    ($($spec:ident),* $(,)?) => {
+        mod memory_store {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $spec() { super::$spec(super::memory()).await })*
+        }
+        mod file_store {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $spec() { super::$spec(super::file()).await })*
+        }
+        mod redis_store {
+            $(#[tokio::test(flavor = "multi_thread")]
+            async fn $spec() { super::$spec(super::redis().await).await })*
+        }
+    };
+}
+
+for_every_store!(
+    a_created_job_reads_back_and_unknown_ids_are_none,
+    max_pending_counts_unfinished_jobs_only,
+    a_running_id_is_refused_and_a_finished_one_reused,
+    a_claimed_job_belongs_to_its_new_owner,
+    listing_is_newest_first_and_filtered,
+    finished_jobs_are_forgotten_after_retention,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_jobs_of_a_router_holding_its_lease_are_not_taken_over() {
+    let subject = redis().await;
+    let store = &*subject.store;
+    let lease = Duration::from_millis(500);
+    store.heartbeat("alive", lease).await.unwrap();
+    store
+        .create(&job("leased", "purge", "alive"), 10)
+        .await
+        .unwrap();
+    assert!(store.claim("other").await.unwrap().is_empty(), "lease held");
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let claimed = store.claim("other").await.unwrap();
+    assert_eq!(claimed.len(), 1, "taken over once the lease expired");
+    assert_eq!(claimed[0].owner, "other");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_file_store_keeps_jobs_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    {
+        let store = FileStore::open(&path).unwrap();
+        store
+            .create(&job("kept", "purge", "first"), 10)
+            .await
+            .unwrap();
+    }
+    let store = FileStore::open(&path).unwrap();
+    let claimed = store.claim("second").await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, "kept");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_redis_is_an_error_naming_the_server() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let store = RedisStore::connect(&format!("redis://127.0.0.1:{port}/0"))
+        .await
+        .expect("connecting is lazy");
+    let error = store
+        .create(&job("x", "purge", "me"), 10)
+        .await
+        .expect_err("nothing listens");
+    assert!(matches!(error, StoreError::Redis { .. }), "{error:?}");
+    assert!(
+        error.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{error}"
+    );
+}
