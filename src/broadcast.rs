@@ -10,7 +10,7 @@
 //!
 //! When a route has `report_to`, the final report is POSTed to that
 //! collector from the same task ([`report_to`]), so shutdown waits for it
-//! like for the deliveries.
+//! like for the deliveries. UDP broadcasts are sent by `udp`.
 //!
 //! Every HTTP broadcast is a job ([`crate::jobs`]): stored before it
 //! starts (so before an async route's 202), with each pod's outcome and
@@ -19,6 +19,7 @@
 
 mod job;
 pub mod report_to;
+mod udp;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,14 +35,13 @@ use tracing::Instrument;
 use crate::aggregate::{Report, Verdict};
 use crate::config::{DnsConfig, Mode};
 use crate::discovery::{Discovery, DiscoveryError, dns::LookupError};
-use crate::fanout::udp::{UdpReport, UdpSender};
+use crate::fanout::udp::UdpSender;
 use crate::fanout::{Delivery, Fanout, PodRequest};
 use crate::jobs::{Job, Jobs, StoreError};
 use crate::limit::{Admitted, DeliveryBudget, Refused, Reserved};
 use crate::load::Endpoint;
 use crate::plugin::bindings::{self, RequestHead};
 use crate::plugin::{PluginFailure, Session, run_plugins};
-use crate::route::Route;
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::target::Target;
@@ -283,90 +283,6 @@ impl Broadcaster {
         })
     }
 
-    /// Discovers the route's pods, runs the route's plugins, and sends
-    /// each pod its copy of the request body as datagrams (refused with
-    /// [`NotStarted::DatagramTooLarge`] before anything is sent when a copy
-    /// would not fit the route's limit).
-    pub async fn send_udp(
-        self: &Arc<Self>,
-        endpoint: Arc<Endpoint>,
-        service: Option<String>,
-        id: String,
-        request: PodRequest,
-        admitted: Admitted,
-    ) -> Result<UdpReport, NotStarted> {
-        let started = Instant::now();
-        let Prepared {
-            targets,
-            requests,
-            reserved,
-            ..
-        } = self
-            .discover_and_prepare(&endpoint, service, &id, request, started)
-            .await?;
-        let route = &endpoint.route;
-        let payloads: Vec<bytes::Bytes> = requests
-            .iter()
-            .map(|request| request.body.clone())
-            .collect();
-        let longest = payloads.iter().map(bytes::Bytes::len).max().unwrap_or(0);
-        let size = broadcast_receiver::frame::encoded_len(&id, longest);
-        if size > route.udp.max_datagram_bytes {
-            return Err(NotStarted::DatagramTooLarge {
-                size,
-                limit: route.udp.max_datagram_bytes,
-            });
-        }
-        let sequence = self.shared.sequence.fetch_add(1, Ordering::Relaxed);
-        let (answer, answered) = oneshot::channel();
-        let span = tracing::info_span!("broadcast", route = %route.name, id = %id, sequence);
-        let this = Arc::clone(self);
-        self.shared.tasks.spawn(
-            async move {
-                let route = &endpoint.route;
-                let started = Instant::now();
-                let key = this.shared.next_key.fetch_add(1, Ordering::Relaxed);
-                let _registered = InFlight::register(&this.shared.in_flight, key, &id, &route.name);
-                telemetry::broadcast_started(&route.name, targets.len());
-                let results = this
-                    .shared
-                    .udp
-                    .send(&targets, &id, sequence, &payloads, &route.udp)
-                    .await;
-                let sent: u32 = results.iter().map(|result| result.datagrams).sum();
-                let expected = u32::from(route.udp.repeat) * targets.len() as u32;
-                telemetry::datagrams(&route.name, "sent", u64::from(sent));
-                telemetry::datagrams(&route.name, "error", u64::from(expected - sent));
-                let datagram_bytes = size;
-                let id_of_udp = id.clone();
-                let report = UdpReport {
-                    id,
-                    route: route.name.to_string(),
-                    protocol: "udp",
-                    sequence,
-                    ok: sent == expected,
-                    targets: targets.len(),
-                    repeat: route.udp.repeat,
-                    datagram_bytes,
-                    results,
-                };
-                telemetry::broadcast_finished(&route.name, report.ok, started.elapsed());
-                tracing::info!(
-                    ok = report.ok,
-                    targets = report.targets,
-                    datagrams = sent,
-                    "UDP broadcast sent."
-                );
-                drop((reserved, admitted));
-                let json = this.serialize_for_collector(route, &report);
-                let _ = answer.send(report);
-                this.report(route, &id_of_udp, json).await;
-            }
-            .instrument(span),
-        );
-        Ok(answered.await.expect("a UDP broadcast task always answers"))
-    }
-
     /// Finds the route's pods and runs its plugins over them.
     async fn discover_and_prepare(
         &self,
@@ -400,29 +316,6 @@ impl Broadcaster {
         // from the pods' rates.
         endpoint.admission.pace(&prepared.targets)?;
         Ok(prepared)
-    }
-
-    /// The report as JSON, when the route has a collector to send it to.
-    fn serialize_for_collector(
-        &self,
-        route: &Route,
-        report: &impl serde::Serialize,
-    ) -> Option<bytes::Bytes> {
-        route.report_to.as_ref()?;
-        serde_json::to_vec(report)
-            .inspect_err(|error| tracing::error!(%error, "Report could not be serialized."))
-            .ok()
-            .map(Into::into)
-    }
-
-    /// POSTs a finished UDP report to the route's collector (after the
-    /// client has its answer, so a slow collector never delays clients).
-    async fn report(&self, route: &Route, id: &str, json: Option<bytes::Bytes>) {
-        if let (Some(to), Some(json)) = (&route.report_to, json) {
-            let give_up = Instant::now() + to.retry_for;
-            let client = self.shared.fanout.client();
-            report_to::send(client, to, &route.name, id, json, give_up).await;
-        }
     }
 
     async fn run(
@@ -478,6 +371,10 @@ impl Broadcaster {
             }
             recorder.pod(index, &targets[index], &delivery);
             outcomes[index] = Some(delivery);
+            if recorder.is_lost() {
+                // Another router owns the job now: it delivers the rest.
+                break;
+            }
             if early
                 && succeeded >= required
                 && let Some(sender) = answer.take()

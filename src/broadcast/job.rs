@@ -5,6 +5,7 @@
 //! another router process left unfinished.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -28,8 +29,9 @@ use crate::vocabulary::target::Target;
 pub(super) struct Tracked {
     jobs: Arc<Jobs>,
     job: Job,
-    /// Another router took the job over: stop writing and reporting.
-    lost: bool,
+    /// Another router took the job over: stop delivering, writing and
+    /// reporting.
+    lost: Arc<AtomicBool>,
 }
 
 impl Tracked {
@@ -38,25 +40,30 @@ impl Tracked {
         Self {
             jobs,
             job,
-            lost: false,
+            lost: Arc::default(),
         }
     }
 
     /// Writes the job; after a [`StoreError::Lost`], never again.
     async fn save(&mut self) {
-        if self.lost {
+        if self.is_lost() {
             return;
         }
         if let Err(StoreError::Lost(_)) = self.jobs.update(&mut self.job).await {
             tracing::warn!("Another router took this job over; this router stops working on it.");
-            self.lost = true;
+            self.lost.store(true, Ordering::Relaxed);
         }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
     }
 
     /// Marks the job running and starts the writer of pod outcomes.
     pub(super) async fn start(mut self) -> Recorder {
         self.job.state = JobState::Running;
         self.save().await;
+        let lost = Arc::clone(&self.lost);
         let (outcomes, mut received) = mpsc::unbounded_channel::<(usize, DeliveryReport)>();
         let writer = tokio::spawn(
             async move {
@@ -72,7 +79,11 @@ impl Tracked {
             }
             .in_current_span(),
         );
-        Recorder { outcomes, writer }
+        Recorder {
+            outcomes,
+            writer,
+            lost,
+        }
     }
 
     /// Records the final report and delivers it to the route's collector
@@ -84,7 +95,7 @@ impl Tracked {
         client: &reqwest::Client,
         report: Report,
     ) {
-        if self.lost {
+        if self.is_lost() {
             telemetry::job_stopped(&self.job.route, false);
             return;
         }
@@ -105,7 +116,7 @@ impl Tracked {
                 give_up_ms,
             });
             self.save().await;
-            if self.lost {
+            if self.is_lost() {
                 telemetry::job_stopped(&self.job.route, false);
                 return;
             }
@@ -131,7 +142,7 @@ impl Tracked {
         self.job.state = JobState::Done;
         self.job.finished_ms = Some(now_ms());
         self.save().await;
-        telemetry::job_stopped(&self.job.route, !self.lost);
+        telemetry::job_stopped(&self.job.route, !self.is_lost());
     }
 }
 
@@ -139,9 +150,16 @@ impl Tracked {
 pub(super) struct Recorder {
     outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
     writer: JoinHandle<Tracked>,
+    lost: Arc<AtomicBool>,
 }
 
 impl Recorder {
+    /// Whether another router took the job over: deliveries not yet made
+    /// are left to it.
+    pub(super) fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
     /// Records pod `index`'s outcome (written as soon as the store allows).
     pub(super) fn pod(&self, index: usize, target: &Target, delivery: &Delivery) {
         let _ = self
@@ -244,6 +262,9 @@ impl Broadcaster {
                 delivery.latency,
             );
             recorder.pod(target.index, target, &delivery);
+            if recorder.is_lost() {
+                break;
+            }
         }
         drop(deliveries);
         let tracked = recorder.written().await;
