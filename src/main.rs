@@ -200,10 +200,16 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 /// Waits for SIGTERM or ctrl-c, then drains the router.
 async fn drain_on_signal(running: server::Running) -> anyhow::Result<()> {
     shutdown_signal().await;
+    let durable = running.state().jobs().is_durable();
     let unfinished = running.shutdown().await;
     if !unfinished.is_empty() {
+        let next = if durable {
+            "they resume when a router starts on the same [jobs] store"
+        } else {
+            "they are lost (jobs are kept in memory without [jobs])"
+        };
         bail!(
-            "{} broadcast(s) did not finish within shutdown_grace: {}",
+            "{} broadcast(s) did not finish within shutdown_grace: {}; {next}",
             unfinished.len(),
             unfinished.join(", ")
         );

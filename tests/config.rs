@@ -480,3 +480,49 @@ async fn demo_answers_a_broadcast() {
         "unfinished broadcasts: {unfinished:?}"
     );
 }
+
+#[test]
+fn jobs_table_problems_are_reported_at_their_keys() {
+    let text = "[jobs]\npath = \"/var/lib/jobs.db\"\nredis = \"redis://r:6379/0\"\nmax_pending = 0\nlease = \"100ms\"\n\n[[routes]]\nname = \"status\"\npath = \"/broadcasts/{id}\"\ntargets = [\"127.0.0.2:80\"]\n";
+    let problems = Config::parse(text).expect_err("the text has problems").0;
+    let found: Vec<(usize, &str)> = problems
+        .iter()
+        .map(|problem| (problem.line, problem.message.as_str()))
+        .collect();
+    for (line, part) in [
+        (3, "`path` and `redis` are exclusive"),
+        (4, "`max_pending` must be larger than 0"),
+        (5, "`lease` must be at least 300ms"),
+        (9, "the router's status API"),
+    ] {
+        assert!(
+            found
+                .iter()
+                .any(|(at, message)| *at == line && message.contains(part)),
+            "no problem {part:?} on line {line}: {found:?}"
+        );
+    }
+    let neither = Config::parse("[jobs]\nretention = \"1h\"\n").expect_err("no store");
+    assert!(neither.to_string().contains("needs `path`"), "{neither}");
+    let scheme = Config::parse("[jobs]\nredis = \"http://r:6379\"\n").expect_err("not redis");
+    assert!(
+        scheme.to_string().contains("redis:// or rediss://"),
+        "{scheme}"
+    );
+}
+
+#[test]
+fn a_relative_jobs_path_starts_at_the_configuration_files_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("router.toml");
+    std::fs::write(
+        &file,
+        "[jobs]\npath = \"state/jobs.db\"\n\n[[routes]]\nname = \"a\"\npath = \"/a\"\ntargets = [\"127.0.0.2:80\"]\n",
+    )
+    .unwrap();
+    let config = Config::load(&file).unwrap();
+    assert_eq!(
+        config.jobs.unwrap().path.unwrap(),
+        dir.path().join("state/jobs.db")
+    );
+}

@@ -1,7 +1,8 @@
 //! Crash safety with real processes: the router binary is killed with
-//! SIGKILL in the middle of an async broadcast to slow pods (reached one
-//! at a time), and the broadcast is finished, by the same router restarted
-//! on the same job file, or by another router sharing a real Redis. Every
+//! SIGKILL (or stopped with SIGTERM and a grace period too short) in the
+//! middle of an async broadcast to slow pods (reached one at a time), and
+//! the broadcast is finished, by the same router restarted on the same job
+//! file, or by another router sharing a real Redis. Every
 //! pod ends with the broadcast, only the pod that was in flight gets a
 //! second copy (with the same `X-Broadcast-Id`), the collector gets
 //! exactly one report, and the status API says done.
@@ -81,7 +82,8 @@ impl Router {
         std::fs::write(
             &config,
             format!(
-                "[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\n\
+                "[server]\nlisten = \"127.0.0.1:{listen}\"\nadmin_listen = \"127.0.0.1:{admin}\"\n\
+                 shutdown_grace = \"1s\"\n\n\
                  [jobs]\n{jobs}\n\n\
                  [[routes]]\nname = \"purge\"\npath = \"/purge\"\ntargets = {}\nmode = \"async\"\n\
                  concurrency = 1\ntimeout = \"30s\"\ndeadline = \"60s\"\nretries = 0\n\
@@ -124,6 +126,30 @@ impl Router {
     fn kill(mut self) {
         self.child.kill().expect("SIGKILL");
         self.child.wait().unwrap();
+    }
+}
+
+impl Router {
+    /// SIGTERM: drains for `shutdown_grace` (1s), then exits, failing
+    /// when broadcasts were left unfinished.
+    async fn stop(mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let mut child = std::mem::replace(
+            &mut self.child,
+            Command::new("true").spawn().expect("true runs"),
+        );
+        let exited = tokio::task::spawn_blocking(move || child.wait())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !exited.success(),
+            "a router leaving broadcasts unfinished says so in its exit status"
+        );
     }
 }
 
@@ -242,6 +268,31 @@ async fn a_router_killed_mid_broadcast_finishes_it_after_restart_on_the_same_fil
     let first = Router::start(dir.path(), "first", &jobs, &pods, collector_addr);
     let (id, in_flight) = broadcast_until_mid_flight(&first, &first, &pods, &gates).await;
     first.kill();
+
+    for gate in &gates {
+        gate.open();
+    }
+    let restarted = Router::start(dir.path(), "restarted", &jobs, &pods, collector_addr);
+    assert_finished_once(&restarted, &id, &pods, in_flight, &collector).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_stopped_mid_broadcast_finishes_it_after_restart_on_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pods, gates) = gated_pods(240).await;
+    let (collector, collector_addr) = Collector::start().await;
+    let jobs = format!("path = \"{}\"", dir.path().join("jobs.db").display());
+
+    let first = Router::start(dir.path(), "first", &jobs, &pods, collector_addr);
+    let (id, in_flight) = broadcast_until_mid_flight(&first, &first, &pods, &gates).await;
+    // The in-flight pod does not answer within the grace period.
+    let log = first.log.clone();
+    first.stop().await;
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(
+        log.contains(&id) && log.contains("they resume when a router starts"),
+        "the unfinished broadcast is named: {log}"
+    );
 
     for gate in &gates {
         gate.open();

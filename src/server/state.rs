@@ -205,6 +205,11 @@ impl AppState {
         self.active.read().expect("active config lock").clone()
     }
 
+    /// The job store every broadcast is recorded in.
+    pub fn jobs(&self) -> Arc<Jobs> {
+        Arc::clone(self.active().generation.broadcaster.jobs())
+    }
+
     /// The active configuration's description.
     pub fn config_info(&self) -> ConfigInfo {
         self.active().generation.info.clone()
