@@ -170,7 +170,10 @@ impl Jobs {
             Some(JobsConfig {
                 redis: Some(url), ..
             }) => (Box::new(redis::RedisStore::connect(url).await?), true),
-            _ => (Box::new(memory::MemoryStore::default()), false),
+            _ => (
+                Box::new(memory::MemoryStore::with_limit(settings.max_bytes.as_u64())),
+                false,
+            ),
         };
         Ok(Self::with_store(store, settings, durable))
     }

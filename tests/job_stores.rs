@@ -245,6 +245,31 @@ async fn redis_jobs_of_a_router_holding_its_lease_are_not_taken_over() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_memory_store_forgets_the_oldest_finished_jobs_beyond_its_limit() {
+    let size = serde_json::to_vec(&job("m0", "purge", "me")).unwrap().len() as u64;
+    let store = MemoryStore::with_limit(size * 5 / 2);
+    for n in 0..3 {
+        let mut done = job(&format!("m{n}"), "purge", "me");
+        store.create(&done, 10).await.unwrap();
+        done.state = JobState::Done;
+        done.finished_ms = Some(broadcast_router::jobs::now_ms() + n);
+        store.update(&done, RETAIN).await.unwrap();
+    }
+    store
+        .create(&job("running", "purge", "me"), 10)
+        .await
+        .unwrap();
+    store.sweep(RETAIN).await.unwrap();
+    assert!(store.get("m0").await.unwrap().is_none(), "oldest forgotten");
+    assert!(store.get("m1").await.unwrap().is_none());
+    assert!(store.get("m2").await.unwrap().is_some(), "newest kept");
+    assert!(
+        store.get("running").await.unwrap().is_some(),
+        "unfinished kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_file_store_keeps_jobs_across_reopening() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");

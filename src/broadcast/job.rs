@@ -121,15 +121,15 @@ impl Tracked {
                 return;
             }
             let left = Duration::from_millis(give_up_ms.saturating_sub(now_ms()));
-            let delivered = report_to::send(
-                client,
-                to,
-                &self.job.route,
-                &self.job.id,
-                json,
-                Instant::now() + left,
-            )
-            .await;
+            let delivered = if left.is_zero() {
+                // `report_retry_for` ran out while no router was running.
+                telemetry::report_sent(&self.job.route, "failed");
+                tracing::error!(collector = %to.url, "The report's report_retry_for ran out before the job was resumed; it is only in the job.");
+                false
+            } else {
+                let give_up = Instant::now() + left;
+                report_to::send(client, to, &self.job.route, &self.job.id, json, give_up).await
+            };
             self.job.report_to = Some(ReportDelivery {
                 state: if delivered {
                     ReportState::Delivered

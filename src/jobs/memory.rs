@@ -1,5 +1,7 @@
 //! The in-memory store, used without a `[jobs]` table: the status API
-//! works, nothing survives a restart.
+//! works, nothing survives a restart. Beyond its size limit it forgets
+//! the oldest finished jobs first, so a router without `[jobs]` never
+//! refuses broadcasts for the status API's sake.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -10,12 +12,49 @@ use futures_util::future::{BoxFuture, FutureExt};
 use super::{Filter, Job, JobState, JobStore, StoreError, now_ms};
 
 /// Jobs in a map, with their encoded sizes (what `max_bytes` bounds).
-#[derive(Default)]
 pub struct MemoryStore {
-    jobs: Mutex<HashMap<String, (Job, u64)>>,
+    jobs: Mutex<Map>,
+    /// Finished jobs beyond this many bytes are forgotten, oldest first.
+    limit: u64,
+}
+
+/// The jobs and how many of them are unfinished.
+#[derive(Default)]
+struct Map {
+    jobs: HashMap<String, (Job, u64)>,
+    pending: usize,
+}
+
+impl Map {
+    /// Stores `job`, keeping the unfinished count.
+    fn put(&mut self, job: &Job) {
+        let size = MemoryStore::size_of(job);
+        let old = self.jobs.insert(job.id.clone(), (job.clone(), size));
+        let was_pending = old.is_some_and(|(old, _)| old.state != JobState::Done);
+        let is_pending = job.state != JobState::Done;
+        match (was_pending, is_pending) {
+            (false, true) => self.pending += 1,
+            (true, false) => self.pending -= 1,
+            _ => {}
+        }
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::with_limit(bytesize::ByteSize::gib(1).as_u64())
+    }
 }
 
 impl MemoryStore {
+    /// A store that keeps finished jobs within `limit` bytes.
+    pub fn with_limit(limit: u64) -> Self {
+        Self {
+            jobs: Mutex::default(),
+            limit,
+        }
+    }
+
     fn size_of(job: &Job) -> u64 {
         serde_json::to_vec(job).map_or(0, |json| json.len() as u64)
     }
@@ -32,21 +71,17 @@ impl JobStore for MemoryStore {
         job: &'a Job,
         max_pending: usize,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut jobs = self.jobs.lock().expect("job map lock");
-        let result = if jobs
+        let mut map = self.jobs.lock().expect("job map lock");
+        let result = if map
+            .jobs
             .get(&job.id)
             .is_some_and(|(stored, _)| stored.state != JobState::Done)
         {
             Err(StoreError::Duplicate(job.id.clone()))
-        } else if jobs
-            .values()
-            .filter(|(stored, _)| stored.state != JobState::Done)
-            .count()
-            >= max_pending
-        {
+        } else if map.pending >= max_pending {
             Err(StoreError::TooManyPending { limit: max_pending })
         } else {
-            jobs.insert(job.id.clone(), (job.clone(), Self::size_of(job)));
+            map.put(job);
             Ok(())
         };
         futures_util::future::ready(result).boxed()
@@ -57,11 +92,11 @@ impl JobStore for MemoryStore {
         job: &'a Job,
         _retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut jobs = self.jobs.lock().expect("job map lock");
-        let result = match jobs.get(&job.id) {
+        let mut map = self.jobs.lock().expect("job map lock");
+        let result = match map.jobs.get(&job.id) {
             Some((stored, _)) if stored.owner != job.owner => Err(StoreError::Lost(job.id.clone())),
             _ => {
-                jobs.insert(job.id.clone(), (job.clone(), Self::size_of(job)));
+                map.put(job);
                 Ok(())
             }
         };
@@ -69,20 +104,21 @@ impl JobStore for MemoryStore {
     }
 
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, StoreError>> {
-        let jobs = self.jobs.lock().expect("job map lock");
-        let job = jobs.get(id).map(|(job, _)| job.clone());
+        let map = self.jobs.lock().expect("job map lock");
+        let job = map.jobs.get(id).map(|(job, _)| job.clone());
         futures_util::future::ready(Ok(job)).boxed()
     }
 
     fn list<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Vec<Job>, StoreError>> {
-        let jobs = self.jobs.lock().expect("job map lock");
-        let mut found: Vec<Job> = jobs
+        let map = self.jobs.lock().expect("job map lock");
+        let mut found: Vec<Job> = map
+            .jobs
             .values()
             .map(|(job, _)| job)
             .filter(|job| filter.matches(job))
             .cloned()
             .collect();
-        drop(jobs);
+        drop(map);
         found.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
         found.truncate(filter.limit);
         futures_util::future::ready(Ok(found)).boxed()
@@ -97,8 +133,9 @@ impl JobStore for MemoryStore {
     }
 
     fn claim<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<Vec<Job>, StoreError>> {
-        let mut jobs = self.jobs.lock().expect("job map lock");
-        let claimed = jobs
+        let mut map = self.jobs.lock().expect("job map lock");
+        let claimed = map
+            .jobs
             .values_mut()
             .filter(|(job, _)| job.state != JobState::Done && job.owner != owner)
             .map(|(job, _)| {
@@ -111,9 +148,26 @@ impl JobStore for MemoryStore {
 
     fn sweep(&self, retention: Duration) -> BoxFuture<'_, Result<u64, StoreError>> {
         let now = now_ms();
-        let mut jobs = self.jobs.lock().expect("job map lock");
-        jobs.retain(|_, (job, _)| !Self::expired(job, retention, now));
-        let size = jobs.values().map(|(_, size)| size).sum();
+        let mut map = self.jobs.lock().expect("job map lock");
+        map.jobs
+            .retain(|_, (job, _)| !Self::expired(job, retention, now));
+        let mut size: u64 = map.jobs.values().map(|(_, size)| size).sum();
+        if size > self.limit {
+            let mut finished: Vec<(u64, String, u64)> = map
+                .jobs
+                .values()
+                .filter(|(job, _)| job.state == JobState::Done)
+                .map(|(job, size)| (job.finished_ms.unwrap_or(0), job.id.clone(), *size))
+                .collect();
+            finished.sort();
+            for (_, id, bytes) in finished {
+                if size <= self.limit {
+                    break;
+                }
+                map.jobs.remove(&id);
+                size -= bytes;
+            }
+        }
         futures_util::future::ready(Ok(size)).boxed()
     }
 
