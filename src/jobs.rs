@@ -24,7 +24,7 @@ pub use job::{
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::config::JobsConfig;
 use crate::telemetry;
@@ -131,6 +131,11 @@ pub trait JobStore: Send + Sync {
         owner: &'a str,
         lease: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Gives `owner`'s lease up at once (Redis), so the others take its
+    /// unfinished jobs over without waiting for it to expire.
+    fn release<'a>(&'a self, _owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        futures_util::future::ready(Ok(())).boxed()
+    }
     /// Takes over the unfinished jobs whose owner holds no lease: after a
     /// restart, every unfinished job of the embedded and memory stores;
     /// with Redis, the jobs of routers that stopped renewing theirs. The
@@ -216,9 +221,10 @@ impl Jobs {
         &self.owner
     }
 
-    /// How often [`Jobs::tick`] should run: a third of the lease.
+    /// How often [`Jobs::tick`] should run: every second, or every third
+    /// of the lease when that is shorter (so it is renewed in time).
     pub fn tick_interval(&self) -> Duration {
-        self.lease / 3
+        (self.lease / 3).min(Duration::from_secs(1))
     }
 
     /// Writes a new job (owned by this router) before it is answered.
@@ -290,6 +296,14 @@ impl Jobs {
         }
         *full = over;
         Ok(claimed)
+    }
+
+    /// Gives this router's lease up (at the end of a graceful stop): its
+    /// unfinished jobs go to the other routers sharing the store at once.
+    pub async fn release(&self) {
+        if let Err(error) = self.timed("release", self.store.release(&self.owner)).await {
+            tracing::warn!(%error, "The job store lease could not be given up; it expires by itself.");
+        }
     }
 
     async fn timed<T>(

@@ -68,6 +68,7 @@ pub struct Running {
     serving: JoinHandle<()>,
     admin: JoinHandle<()>,
     admin_shutdown: CancellationToken,
+    jobs_upkeep: JoinHandle<()>,
 }
 
 /// Binds both listeners and starts serving `config` (built in memory).
@@ -154,7 +155,7 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
             }
         }
     });
-    tokio::spawn(keep_jobs(
+    let jobs_upkeep = tokio::spawn(keep_jobs(
         Arc::clone(&state),
         jobs,
         shutdown.clone(),
@@ -173,6 +174,7 @@ pub async fn start_with(config: &Config, origin: Origin) -> Result<Running, Star
         serving,
         admin,
         admin_shutdown,
+        jobs_upkeep,
     })
 }
 
@@ -208,13 +210,19 @@ impl Running {
         // those started before the last reload too.
         let unfinished = active.broadcaster.drain(remaining).await;
         self.admin_shutdown.cancel();
+        // No lease renewal may follow giving it up.
+        let _ = self.jobs_upkeep.await;
+        if !unfinished.is_empty() {
+            // Other routers sharing the store finish them now.
+            active.broadcaster.jobs().release().await;
+        }
         let _ = self.admin.await;
         tracing::info!(unfinished = unfinished.len(), "Router stopped.");
         unfinished
     }
 }
 
-/// Every third of the lease until the router stops: renews the job
+/// Every second (or third of the lease) until the router stops: renews the job
 /// store lease, forgets expired jobs, checks the store's size and resumes
 /// the unfinished jobs this router takes over (not once it is draining).
 async fn keep_jobs(

@@ -325,3 +325,24 @@ async fn a_router_killed_for_good_has_its_broadcast_finished_by_one_sharing_redi
         survivor.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_router_stopped_gracefully_hands_its_unfinished_broadcast_to_one_sharing_redis() {
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start();
+    let (pods, gates) = gated_pods(245).await;
+    let (collector, collector_addr) = Collector::start().await;
+    // A lease far longer than the test may wait: only giving it up at the
+    // end of the graceful stop lets the survivor take over in time.
+    let jobs = format!("redis = \"{}\"\nlease = \"1m\"", redis.url());
+
+    let stopping = Router::start(dir.path(), "stopping", &jobs, &pods, collector_addr);
+    let survivor = Router::start(dir.path(), "survivor", &jobs, &pods, collector_addr);
+    let (id, in_flight) = broadcast_until_mid_flight(&stopping, &survivor, &pods, &gates).await;
+    stopping.stop().await;
+
+    for gate in &gates {
+        gate.open();
+    }
+    assert_finished_once(&survivor, &id, &pods, in_flight, &collector).await;
+}

@@ -245,6 +245,23 @@ async fn redis_jobs_of_a_router_holding_its_lease_are_not_taken_over() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn redis_jobs_of_a_router_that_gave_its_lease_up_are_taken_over_at_once() {
+    let subject = redis().await;
+    let store = &*subject.store;
+    store
+        .heartbeat("stopping", Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .create(&job("handed", "purge", "stopping"), 10)
+        .await
+        .unwrap();
+    assert!(store.claim("other").await.unwrap().is_empty(), "lease held");
+    store.release("stopping").await.unwrap();
+    assert_eq!(store.claim("other").await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_memory_store_forgets_the_oldest_finished_jobs_beyond_its_limit() {
     let size = serde_json::to_vec(&job("m0", "purge", "me")).unwrap().len() as u64;
     let store = MemoryStore::with_limit(size * 5 / 2);

@@ -30,7 +30,8 @@ pub struct JobsConfig {
     pub max_bytes: ByteSize,
     /// Redis only: how long a router's claim on its unfinished jobs lasts
     /// without renewal. A surviving router takes over a dead one's jobs
-    /// once it has expired; it is renewed every third of it.
+    /// once it has expired; it is renewed every second (every third of it
+    /// when that is shorter).
     #[serde(with = "humantime_serde")]
     pub lease: Duration,
 }

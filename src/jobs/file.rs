@@ -268,32 +268,43 @@ impl JobStore for FileStore {
         self.blocking(move |store| {
             let now = now_ms();
             let horizon = now.saturating_sub(retention.as_millis() as u64);
-            store.write(|txn| {
-                let mut jobs = txn.open_table(JOBS)?;
-                let mut recent = txn.open_table(RECENT)?;
-                let mut expired = Vec::new();
-                for entry in recent.range(..(horizon, ""))? {
-                    let (key, _) = entry?;
-                    let (created, id) = key.value();
-                    let expired_job = match jobs.get(id)? {
-                        Some(json) => {
-                            let job = decode(id, json.value())?;
-                            job.state == JobState::Done
-                                && job.finished_ms.is_none_or(|finished| finished <= horizon)
+            let run = || -> Result<u64, Failure> {
+                let txn = store.db.begin_write().map_err(redb::Error::from)?;
+                let swept = {
+                    let mut jobs = txn.open_table(JOBS)?;
+                    let mut recent = txn.open_table(RECENT)?;
+                    let mut expired = Vec::new();
+                    for entry in recent.range(..(horizon, ""))? {
+                        let (key, _) = entry?;
+                        let (created, id) = key.value();
+                        let expired_job = match jobs.get(id)? {
+                            Some(json) => {
+                                let job = decode(id, json.value())?;
+                                job.state == JobState::Done
+                                    && job.finished_ms.is_none_or(|finished| finished <= horizon)
+                            }
+                            None => true,
+                        };
+                        if expired_job {
+                            expired.push((created, id.to_owned()));
                         }
-                        None => true,
-                    };
-                    if expired_job {
-                        expired.push((created, id.to_owned()));
                     }
-                }
-                for (created, id) in &expired {
-                    jobs.remove(id.as_str())?;
-                    recent.remove((*created, id.as_str()))?;
-                }
+                    for (created, id) in &expired {
+                        jobs.remove(id.as_str())?;
+                        recent.remove((*created, id.as_str()))?;
+                    }
+                    !expired.is_empty()
+                };
                 let stats = txn.stats()?;
+                // Nothing expired: no commit, so no fsync every tick.
+                if swept {
+                    txn.commit()?;
+                } else {
+                    txn.abort()?;
+                }
                 Ok(stats.allocated_pages() * stats.page_size() as u64)
-            })
+            };
+            run().map_err(|failure| store.error(failure))
         })
     }
 

@@ -1,7 +1,8 @@
 //! The shared store: Redis, for several router replicas. Any replica
 //! reads any job; each unfinished job has an owner, the router working on
-//! it, which holds a lease (`alive:{owner}`, renewed every third of
-//! `[jobs] lease`). A router whose lease expired is dead to the others:
+//! it, which holds a lease (`alive:{owner}`, `[jobs] lease` long, renewed
+//! every second) and gives it up at the end of a graceful stop. A router
+//! whose lease expired or was given up is dead to the others:
 //! the first to notice takes its unfinished jobs over, atomically (a Lua
 //! script), and the dead router's later writes to them are refused, so it
 //! stops working on them if it was only paused.
@@ -249,6 +250,17 @@ impl JobStore for RedisStore {
                     1,
                     lease.as_millis().max(1) as u64,
                 )
+                .await
+                .map_err(|error| self.fail(error))
+        }
+        .boxed()
+    }
+
+    fn release<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let mut connection = self.connection.clone();
+            connection
+                .del(format!("{PREFIX}alive:{owner}"))
                 .await
                 .map_err(|error| self.fail(error))
         }

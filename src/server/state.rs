@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::auth::Guard;
 use crate::broadcast::{Broadcaster, SetupError};
-use crate::config::{Config, ConfigError, Problems};
+use crate::config::{Config, ConfigError, JobsConfig, Problems};
 use crate::jobs::Jobs;
 use crate::load::{Endpoint, Loaded};
 use crate::telemetry;
@@ -45,6 +45,8 @@ pub struct Generation {
     pub(super) client_timeout: Duration,
     pub(super) shutdown_grace: Duration,
     listen: (SocketAddr, SocketAddr),
+    /// The `[jobs]` table; the store opened at start stays in use.
+    jobs: Option<JobsConfig>,
     admin_auth: Guard,
     /// The broadcast listener's TLS settings (`[server.tls]`).
     pub(super) listener_tls: Option<Arc<rustls::ServerConfig>>,
@@ -172,6 +174,7 @@ impl Generation {
             client_timeout: config.server.client_timeout,
             shutdown_grace: config.server.shutdown_grace,
             listen: (config.server.listen, config.server.admin_listen),
+            jobs: config.jobs.clone(),
             endpoints: loaded.endpoints,
             admin_auth: loaded.admin_auth,
             listener_tls: loaded.listener_tls,
@@ -249,6 +252,7 @@ impl AppState {
             Ok(generation) => {
                 let info = generation.info.clone();
                 let listen = generation.listen;
+                let jobs = generation.jobs.clone();
                 let with_tls = generation.listener_tls.is_some();
                 let generation = Arc::new(generation);
                 let next = Active {
@@ -261,6 +265,11 @@ impl AppState {
                 if previous.generation.listen != listen {
                     tracing::warn!(
                         "The listen addresses changed; they take effect at the next restart."
+                    );
+                }
+                if previous.generation.jobs != jobs {
+                    tracing::warn!(
+                        "The [jobs] table changed; the job store opened at start stays in use until the next restart."
                     );
                 }
                 if previous.generation.listener_tls.is_some() != with_tls {
