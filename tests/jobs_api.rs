@@ -233,3 +233,26 @@ async fn a_store_that_cannot_write_is_a_503_and_nothing_is_sent() {
     assert_eq!(answer.json["source"], "router");
     assert_eq!(pods.total(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_over_max_bytes_refuses_broadcasts_with_429() {
+    let pods = Pods::start(223, &[Behaviour::Ok]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let router = TestRouter::start(&config(
+        &pods,
+        "mode = \"async\"",
+        &format!(
+            "[jobs]\npath = \"{}\"\nmax_bytes = \"1B\"",
+            dir.path().join("jobs.db").display()
+        ),
+    ))
+    .await;
+    // The store's size is checked by the upkeep, at start and every second.
+    let refused = eventually("the store is found full", || async {
+        let answer = router.post("/purge", "x").await;
+        (answer.status == StatusCode::TOO_MANY_REQUESTS).then_some(answer)
+    })
+    .await;
+    let error = refused.json["error"].as_str().unwrap();
+    assert!(error.contains("max_bytes"), "{error}");
+}
