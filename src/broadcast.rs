@@ -123,8 +123,7 @@ pub enum NotStarted {
     /// The router-wide delivery budget is used up.
     #[error(transparent)]
     Refused(#[from] Refused),
-    /// The job could not be stored: the store is unreachable or full, or
-    /// a broadcast with the same id is still running.
+    /// The job could not be stored: the store is unreachable or full.
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The plugins selected no pod at all.
@@ -148,7 +147,6 @@ impl NotStarted {
             NotStarted::TooManyTargets { .. } => Blame::Config,
             NotStarted::Refused(Refused::Overloaded { .. }) => Blame::Router,
             NotStarted::Refused(_) => Blame::Client,
-            NotStarted::Store(StoreError::Duplicate(_)) => Blame::Client,
             NotStarted::Store(_) => Blame::Router,
         }
     }

@@ -60,9 +60,10 @@ pub enum StoreError {
         /// `max_bytes`.
         limit: u64,
     },
-    /// A broadcast with the same id is still running.
-    #[error("a broadcast with id \"{0}\" is still running; use another X-Broadcast-Id")]
-    Duplicate(String),
+    /// A later broadcast with the same id replaced this run's job: this run
+    /// goes on unrecorded.
+    #[error("job \"{0}\" was replaced by a later broadcast with the same id")]
+    Superseded(String),
     /// Another router took the job over (this router's lease expired).
     #[error("job \"{0}\" was taken over by another router (this router's lease expired)")]
     Lost(String),
@@ -106,7 +107,8 @@ impl StoreError {
 /// `claim` and `heartbeat` are called by [`Jobs::tick`].
 pub trait JobStore: Send + Sync {
     /// Writes a new job, refusing it when `max_pending` unfinished jobs
-    /// are stored already or an unfinished job has the same id.
+    /// are stored already. A job with the same id is replaced (its run's
+    /// later writes get [`StoreError::Superseded`]).
     fn create<'a>(
         &'a self,
         job: &'a Job,
@@ -114,7 +116,8 @@ pub trait JobStore: Send + Sync {
     ) -> BoxFuture<'a, Result<(), StoreError>>;
     /// Replaces a job this router owns; a finished one is kept for
     /// `retention` from now. [`StoreError::Lost`] when another router owns
-    /// it now.
+    /// it now, [`StoreError::Superseded`] when a later broadcast with the
+    /// same id replaced it.
     fn update<'a>(
         &'a self,
         job: &'a Job,
@@ -328,7 +331,7 @@ fn store_error_label(error: &StoreError) -> &'static str {
     match error {
         StoreError::TooManyPending { .. } => "too_many_pending",
         StoreError::Full { .. } => "full",
-        StoreError::Duplicate(_) => "duplicate",
+        StoreError::Superseded(_) => "superseded",
         StoreError::Lost(_) => "lost",
         StoreError::File { .. } | StoreError::Redis { .. } => "unavailable",
         StoreError::Corrupt { .. } => "corrupt",

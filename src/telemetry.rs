@@ -171,7 +171,7 @@ fn describe() {
     );
     describe_counter!(
         JOB_STORE_ERRORS,
-        "Job store operations that failed, by store (memory, file, redis), operation and error (too_many_pending, full, duplicate, lost, unavailable, corrupt)."
+        "Job store operations that failed, by store (memory, file, redis), operation and error (too_many_pending, full, superseded, lost, unavailable, corrupt)."
     );
     describe_histogram!(
         JOB_STORE_DURATION,

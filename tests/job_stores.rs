@@ -109,15 +109,24 @@ async fn max_pending_counts_unfinished_jobs_only(subject: Subject) {
     store.create(&job("p3", "purge", "a"), 2).await.unwrap();
 }
 
-async fn a_running_id_is_refused_and_a_finished_one_reused(subject: Subject) {
+async fn reusing_an_id_replaces_the_job_and_fences_the_earlier_run_out(subject: Subject) {
     let store = &*subject.store;
     let mut first = job("same", "purge", "a");
-    store.create(&first, 10).await.unwrap();
-    let again = store.create(&job("same", "purge", "a"), 10).await;
-    assert!(matches!(again, Err(StoreError::Duplicate(_))), "{again:?}");
-    finish(store, &mut first).await;
-    store.create(&job("same", "other", "a"), 10).await.unwrap();
+    store.create(&first, 1).await.unwrap();
+    let mut second = job("same", "other", "a");
+    store
+        .create(&second, 1)
+        .await
+        .expect("replacing an unfinished job takes no new place");
     assert_eq!(store.get("same").await.unwrap().unwrap().route, "other");
+    first.state = JobState::Running;
+    let late = store.update(&first, RETAIN).await;
+    assert!(matches!(late, Err(StoreError::Superseded(_))), "{late:?}");
+    finish(store, &mut second).await;
+    let mut third = job("same", "third", "a");
+    store.create(&third, 1).await.unwrap();
+    finish(store, &mut third).await;
+    assert_eq!(store.get("same").await.unwrap().unwrap().route, "third");
 }
 
 async fn a_claimed_job_belongs_to_its_new_owner(subject: Subject) {
@@ -221,7 +230,7 @@ macro_rules! for_every_store {
 for_every_store!(
     a_created_job_reads_back_and_unknown_ids_are_none,
     max_pending_counts_unfinished_jobs_only,
-    a_running_id_is_refused_and_a_finished_one_reused,
+    reusing_an_id_replaces_the_job_and_fences_the_earlier_run_out,
     a_claimed_job_belongs_to_its_new_owner,
     listing_is_newest_first_and_filtered,
     finished_jobs_are_forgotten_after_retention,

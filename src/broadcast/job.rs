@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use super::{Broadcaster, report_to};
+use super::{Broadcaster, InFlight, report_to};
 use crate::aggregate::{DeliveryReport, Report};
 use crate::jobs::{Job, JobState, Jobs, StoreError, now_ms};
 use crate::jobs::{ReportDelivery, ReportState};
@@ -32,6 +32,9 @@ pub(super) struct Tracked {
     /// Another router took the job over: stop delivering, writing and
     /// reporting.
     lost: Arc<AtomicBool>,
+    /// A later broadcast with the same id replaced the job: this run goes
+    /// on (deliveries, report) but is no longer recorded.
+    superseded: bool,
 }
 
 impl Tracked {
@@ -41,17 +44,29 @@ impl Tracked {
             jobs,
             job,
             lost: Arc::default(),
+            superseded: false,
         }
     }
 
     /// Writes the job; after a [`StoreError::Lost`], never again.
     async fn save(&mut self) {
-        if self.is_lost() {
+        if self.is_lost() || self.superseded {
             return;
         }
-        if let Err(StoreError::Lost(_)) = self.jobs.update(&mut self.job).await {
-            tracing::warn!("Another router took this job over; this router stops working on it.");
-            self.lost.store(true, Ordering::Relaxed);
+        match self.jobs.update(&mut self.job).await {
+            Err(StoreError::Lost(_)) => {
+                tracing::warn!(
+                    "Another router took this job over; this router stops working on it."
+                );
+                self.lost.store(true, Ordering::Relaxed);
+            }
+            Err(StoreError::Superseded(_)) => {
+                tracing::info!(
+                    "A later broadcast with the same id replaced this job; this run goes on unrecorded."
+                );
+                self.superseded = true;
+            }
+            _ => {}
         }
     }
 
@@ -198,6 +213,10 @@ impl Broadcaster {
         let this = Arc::clone(self);
         self.shared.tasks.spawn(
             async move {
+                // Listed as running, so a shutdown that cannot wait for it names it.
+                let key = this.shared.next_key.fetch_add(1, Ordering::Relaxed);
+                let route: Arc<str> = job.route.as_str().into();
+                let _registered = InFlight::register(&this.shared.in_flight, key, &job.id, &route);
                 let pending = job.pods.iter().filter(|pod| pod.result.is_none()).count();
                 tracing::info!(pending, targets = job.pods.len(), "Resuming an unfinished broadcast.");
                 let tracked = Tracked::new(Arc::clone(&this.shared.jobs), job, true);

@@ -138,10 +138,8 @@ impl JobStore for FileStore {
                 let mut jobs = txn.open_table(JOBS)?;
                 let mut pending = txn.open_table(PENDING)?;
                 let mut recent = txn.open_table(RECENT)?;
-                if pending.get(job.id.as_str())?.is_some() {
-                    return Err(Failure::Store(StoreError::Duplicate(job.id.clone())));
-                }
-                if pending.len()? >= max_pending as u64 {
+                let replaces_pending = pending.get(job.id.as_str())?.is_some();
+                if !replaces_pending && pending.len()? >= max_pending as u64 {
                     return Err(Failure::Store(StoreError::TooManyPending {
                         limit: max_pending,
                     }));
@@ -170,12 +168,17 @@ impl JobStore for FileStore {
         self.blocking(move |store| {
             store.write(|txn| {
                 let mut jobs = txn.open_table(JOBS)?;
-                let owner = match jobs.get(job.id.as_str())? {
-                    Some(old) => Some(decode(&job.id, old.value())?.owner),
+                let stored = match jobs.get(job.id.as_str())? {
+                    Some(old) => Some(decode(&job.id, old.value())?),
                     None => None,
                 };
-                if owner.is_some_and(|owner| owner != job.owner) {
-                    return Err(Failure::Store(StoreError::Lost(job.id.clone())));
+                if let Some(stored) = stored {
+                    if stored.run != job.run {
+                        return Err(Failure::Store(StoreError::Superseded(job.id.clone())));
+                    }
+                    if stored.owner != job.owner {
+                        return Err(Failure::Store(StoreError::Lost(job.id.clone())));
+                    }
                 }
                 jobs.insert(job.id.as_str(), encode(&job).as_slice())?;
                 if job.state == JobState::Done {

@@ -132,6 +132,9 @@ pub struct Job {
     pub state: JobState,
     /// The router process working on it (its lease holder).
     pub owner: String,
+    /// This run of the broadcast id (a fresh UUID per accepted broadcast),
+    /// so a later broadcast reusing the id fences this one's writes out.
+    pub run: String,
     /// Unix ms when it was accepted.
     pub created_ms: u64,
     /// Unix ms of the last change.
@@ -188,6 +191,7 @@ impl Job {
             policy: policy.to_owned(),
             state: JobState::Accepted,
             owner: String::new(),
+            run: uuid::Uuid::new_v4().to_string(),
             created_ms: now,
             updated_ms: now,
             finished_ms: None,

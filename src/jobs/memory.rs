@@ -72,13 +72,11 @@ impl JobStore for MemoryStore {
         max_pending: usize,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut map = self.jobs.lock().expect("job map lock");
-        let result = if map
+        let replaces_pending = map
             .jobs
             .get(&job.id)
-            .is_some_and(|(stored, _)| stored.state != JobState::Done)
-        {
-            Err(StoreError::Duplicate(job.id.clone()))
-        } else if map.pending >= max_pending {
+            .is_some_and(|(stored, _)| stored.state != JobState::Done);
+        let result = if !replaces_pending && map.pending >= max_pending {
             Err(StoreError::TooManyPending { limit: max_pending })
         } else {
             map.put(job);
@@ -94,6 +92,9 @@ impl JobStore for MemoryStore {
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut map = self.jobs.lock().expect("job map lock");
         let result = match map.jobs.get(&job.id) {
+            Some((stored, _)) if stored.run != job.run => {
+                Err(StoreError::Superseded(job.id.clone()))
+            }
             Some((stored, _)) if stored.owner != job.owner => Err(StoreError::Lost(job.id.clone())),
             _ => {
                 map.put(job);

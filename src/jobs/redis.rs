@@ -8,7 +8,8 @@
 //! stops working on them if it was only paused.
 //!
 //! Keys, all under `broadcast-router:`: `job:{id}` (the job as JSON, with
-//! an expiry of `retention` once done), `owner:{id}`, `pending` (sorted
+//! an expiry of `retention` once done), `owner:{id}`, `run:{id}` (the run
+//! whose writes count, until done), `pending` (sorted
 //! set of unfinished ids: what `max_pending` counts), `recent` (sorted set
 //! of every id by acceptance time: the listing order) and `alive:{owner}`.
 
@@ -27,19 +28,22 @@ const LIST_PAGE: isize = 100;
 const LIST_SCAN: isize = 10_000;
 
 const CREATE: &str = r"
-if redis.call('ZSCORE', KEYS[3], ARGV[5]) then return -1 end
-if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
+if not redis.call('ZSCORE', KEYS[3], ARGV[5])
+  and redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
+redis.call('SET', KEYS[5], ARGV[6])
 redis.call('ZADD', KEYS[3], ARGV[4], ARGV[5])
 redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5])
 return 1";
 
 const UPDATE: &str = r"
+if redis.call('GET', KEYS[4]) ~= ARGV[6] then return -1 end
 if redis.call('GET', KEYS[2]) ~= ARGV[2] then return 0 end
 if ARGV[3] == '1' then
   redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[4])
   redis.call('DEL', KEYS[2])
+  redis.call('DEL', KEYS[4])
   redis.call('ZREM', KEYS[3], ARGV[5])
 else
   redis.call('SET', KEYS[1], ARGV[1])
@@ -135,18 +139,20 @@ impl JobStore for RedisStore {
                 .key(key("owner", &job.id))
                 .key(format!("{PREFIX}pending"))
                 .key(format!("{PREFIX}recent"))
+                .key(key("run", &job.id))
                 .arg(json)
                 .arg(&job.owner)
                 .arg(max_pending)
                 .arg(job.created_ms)
                 .arg(&job.id)
+                .arg(&job.run)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|error| self.fail(error))?;
-            match created {
-                1 => Ok(()),
-                0 => Err(StoreError::TooManyPending { limit: max_pending }),
-                _ => Err(StoreError::Duplicate(job.id.clone())),
+            if created == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::TooManyPending { limit: max_pending })
             }
         }
         .boxed()
@@ -166,18 +172,20 @@ impl JobStore for RedisStore {
                 .key(key("job", &job.id))
                 .key(key("owner", &job.id))
                 .key(format!("{PREFIX}pending"))
+                .key(key("run", &job.id))
                 .arg(json)
                 .arg(&job.owner)
                 .arg(if done { "1" } else { "0" })
                 .arg(retention.as_millis().max(1) as u64)
                 .arg(&job.id)
+                .arg(&job.run)
                 .invoke_async(&mut connection)
                 .await
                 .map_err(|error| self.fail(error))?;
-            if updated == 1 {
-                Ok(())
-            } else {
-                Err(StoreError::Lost(job.id.clone()))
+            match updated {
+                1 => Ok(()),
+                0 => Err(StoreError::Lost(job.id.clone())),
+                _ => Err(StoreError::Superseded(job.id.clone())),
             }
         }
         .boxed()

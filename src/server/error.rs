@@ -110,9 +110,6 @@ impl ApiError {
             | ApiError::ClientHost(_)
             | ApiError::BadQuery(_) => StatusCode::BAD_REQUEST,
             ApiError::UnknownJob(_) => StatusCode::NOT_FOUND,
-            ApiError::NotStarted(NotStarted::Store(StoreError::Duplicate(_))) => {
-                StatusCode::CONFLICT
-            }
             ApiError::NotStarted(NotStarted::Store(error)) | ApiError::Jobs(error)
                 if error.is_bound() =>
             {
@@ -165,7 +162,6 @@ impl ApiError {
             | ApiError::ClientHost(_)
             | ApiError::BadQuery(_) => "bad_request",
             ApiError::UnknownJob(_) => "unknown_job",
-            ApiError::NotStarted(NotStarted::Store(StoreError::Duplicate(_))) => "duplicate_id",
             ApiError::NotStarted(NotStarted::Store(error)) | ApiError::Jobs(error)
                 if error.is_bound() =>
             {
