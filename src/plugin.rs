@@ -28,6 +28,7 @@
 
 pub mod bindings;
 mod host;
+mod output;
 mod session;
 
 pub use host::LoadedPlugin;
@@ -51,6 +52,8 @@ pub struct Chain {
 struct Link {
     plugin: Arc<LoadedPlugin>,
     config: Arc<str>,
+    /// Instances kept between broadcasts (`instances = "reuse"`).
+    idle: Arc<session::Idle>,
 }
 
 impl Chain {
@@ -157,6 +160,7 @@ impl Plugins {
                 chain.links.push(Link {
                     plugin: Arc::clone(plugin),
                     config: config_json,
+                    idle: Arc::default(),
                 });
             }
             chains.insert(route.name.clone(), chain);
@@ -175,18 +179,29 @@ impl Plugins {
     }
 }
 
-/// Runs plugin code that may call WASI from a tokio worker thread.
+/// Runs plugin code (loading, `init`, hooks) where WASI may block.
 ///
-/// wasmtime-wasi's synchronous bindings block on tokio internally, which a
-/// runtime worker may not do; `block_in_place` hands the worker's other
-/// tasks to another thread for the duration. Outside a multi-threaded
-/// runtime (benchmarks, tools) the code simply runs.
-pub fn run_plugins<R>(work: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
+/// wasmtime-wasi's synchronous bindings block on tokio internally (a
+/// plugin writing to stdout, or dropping its stdout stream, goes through
+/// `Handle::block_on`), which panics on a thread that runs async tasks
+/// ("Cannot start a runtime from within a runtime"). On a multi-threaded
+/// runtime, `block_in_place` hands the worker's other tasks to another
+/// thread for the duration; on a current-thread runtime the work runs on
+/// a short-lived thread of its own; outside any runtime (benchmarks,
+/// tools) it simply runs.
+pub fn run_plugins<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        Ok(_) => std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("plugin".into())
+                .spawn_scoped(scope, work)
+                .expect("a plugin thread starts")
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }),
+        Err(_) => work(),
     }
 }
 
