@@ -28,8 +28,10 @@
 
 pub mod bindings;
 mod host;
+pub mod inspect;
 mod output;
 mod session;
+pub mod tryout;
 
 pub use host::LoadedPlugin;
 pub use session::{Cause, PluginFailure, Session};
@@ -72,6 +74,22 @@ impl Chain {
         self.links
             .iter()
             .any(|link| link.plugin.hooks.contains(Hooks::TRANSFORM))
+    }
+
+    /// The hooks of the chain's first plugin, by their WIT names.
+    pub fn hooks_of_first(&self) -> Vec<&'static str> {
+        let Some(link) = self.links.first() else {
+            return Vec::new();
+        };
+        [
+            (Hooks::SELECT_TARGETS, "select-targets"),
+            (Hooks::TRANSFORM, "transform"),
+            (Hooks::AGGREGATE, "aggregate"),
+        ]
+        .into_iter()
+        .filter(|(hook, _)| link.plugin.hooks.contains(*hook))
+        .map(|(_, name)| name)
+        .collect()
     }
 
     /// Whether a plugin decides the verdict.

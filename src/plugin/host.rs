@@ -53,7 +53,9 @@ pub struct LoadedPlugin {
     /// Whether its instances are kept between broadcasts.
     pub instances: Instances,
     pre: PluginPre<HostState>,
-    engine: Engine,
+    /// The compiled component (for `plugin inspect`).
+    pub(super) component: Component,
+    pub(super) engine: Engine,
     /// Keeps the epoch advancing while any plugin can still run.
     _ticker: Arc<EpochTicker>,
 }
@@ -134,10 +136,17 @@ impl PluginHost {
         let bytes = std::fs::read(&config.path)
             .map_err(|error| format!("cannot read {}: {error}", config.path.display()))?;
         let component = Component::from_binary(&self.engine, &bytes).map_err(|error| {
-            format!(
-                "{} is not a loadable component: {error:#}",
-                config.path.display()
-            )
+            let error = format!("{error:#}");
+            if error.contains("minimum byte size") {
+                // The pooling allocator's words for "memory too small".
+                format!(
+                    "{} needs more memory at start than its `memory` cap ({}) allows; raise `memory` (Python plugins start at about 13MiB, JavaScript ones at about 9MiB): {error}",
+                    config.path.display(),
+                    config.memory
+                )
+            } else {
+                format!("{} is not a loadable component: {error}", config.path.display())
+            }
         })?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             format!(
@@ -159,6 +168,7 @@ impl PluginHost {
             hook_timeout: config.hook_timeout,
             instances: config.instances,
             pre,
+            component: component.clone(),
             engine: self.engine.clone(),
             _ticker: Arc::clone(&self.ticker),
         };

@@ -83,14 +83,6 @@ pub struct CallOutput {
 }
 
 impl CallOutput {
-    /// Whether nothing was written.
-    pub fn is_empty(&self) -> bool {
-        self.stdout.text.is_empty()
-            && self.stderr.text.is_empty()
-            && self.stdout.dropped == 0
-            && self.stderr.dropped == 0
-    }
-
     /// The end of stderr (or, when stderr is empty, of stdout): its last
     /// [`QUOTE_LINES`] non-empty lines, at most [`QUOTE_CAP`] bytes, for a
     /// failure message, where a traceback or an uncaught error names what
@@ -263,7 +255,11 @@ mod tests {
         let taken = output.take();
         assert_eq!(taken.stdout.text.len(), CALL_CAP);
         assert_eq!(taken.stdout.dropped, 10);
-        assert!(output.take().is_empty(), "taking empties the streams");
+        assert_eq!(
+            output.take(),
+            CallOutput::default(),
+            "taking empties the streams"
+        );
     }
 
     #[test]
