@@ -156,7 +156,7 @@ impl PluginHost {
         })?;
         let pre = PluginPre::new(instance_pre).map_err(|error| {
             format!(
-                "{} does not implement the broadcast:plugin@0.1.0 world: {error:#}",
+                "{} does not export the `plugin` world of broadcast:plugin@0.1.0: {error:#}",
                 config.path.display()
             )
         })?;
