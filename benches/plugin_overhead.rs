@@ -163,6 +163,16 @@ instances = "reuse"
 [plugins.rust]
 path = "{dir}/template_rust.wasm"
 hook_timeout = "5s"
+[plugins.shard-python]
+path = "{dir}/shard_filter_python.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+instances = "reuse"
+[plugins.shard-javascript]
+path = "{dir}/shard_filter_javascript.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+instances = "reuse"
 
 [[routes]]
 name = "chain"
@@ -209,6 +219,18 @@ name = "javascript-reuse"
 path = "/javascript-reuse"
 targets = [{targets}]
 plugins = [{{ use = "javascript-reuse", config = {{ tag = "t" }} }}]
+
+[[routes]]
+name = "shard-python"
+path = "/shard-python"
+targets = [{targets}]
+plugins = [{{ use = "shard-python", config = {{ replicas = {PODS} }} }}]
+
+[[routes]]
+name = "shard-javascript"
+path = "/shard-javascript"
+targets = [{targets}]
+plugins = [{{ use = "shard-javascript", config = {{ replicas = {PODS} }} }}]
 
 [[routes]]
 name = "rust"
@@ -286,6 +308,18 @@ plugins = [{{ use = "merge", config = {{ quorum = "51%" }} }}]
         ("python, reused instance", "python-reuse"),
         ("javascript, fresh instance", "javascript"),
         ("javascript, reused instance", "javascript-reuse"),
+        (
+            "shard-filter (select-targets only): rust, fresh",
+            "shard-only",
+        ),
+        (
+            "shard-filter (select-targets only): python, reused",
+            "shard-python",
+        ),
+        (
+            "shard-filter (select-targets only): javascript, reused",
+            "shard-javascript",
+        ),
     ] {
         let chain = plugins.chain(route);
         let route: Arc<str> = route.into();

@@ -391,6 +391,10 @@ pub(super) struct MemoryLimiter {
     limits: wasmtime::StoreLimits,
     cap: usize,
     pub(super) exceeded: bool,
+    /// The size the first memory was created with.
+    initial: Option<usize>,
+    /// The largest size any memory grew to.
+    peak: usize,
 }
 
 impl MemoryLimiter {
@@ -404,7 +408,18 @@ impl MemoryLimiter {
                 .build(),
             cap,
             exceeded: false,
+            initial: None,
+            peak: 0,
         }
+    }
+
+    /// Whether the instance has used more than half of the room it had
+    /// above its initial memory: a reused instance whose heap keeps growing
+    /// (a garbage collector that never returns memory) is retired before
+    /// it hits the cap and fails a broadcast.
+    pub(super) fn past_half(&self) -> bool {
+        let initial = self.initial.unwrap_or(0);
+        self.peak.saturating_sub(initial) > self.cap.saturating_sub(initial) / 2
     }
 }
 
@@ -416,6 +431,12 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if current == 0 && self.initial.is_none() {
+            self.initial = Some(desired);
+        }
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
         if !allowed {
             self.exceeded = true;
             wasmtime::bail!(

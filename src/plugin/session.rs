@@ -137,13 +137,22 @@ impl Idle {
 
 impl Drop for Session {
     /// Instances of `instances = "reuse"` plugins that did not fail go
-    /// back to their link's idle list; the others are dropped.
+    /// back to their link's idle list, unless their memory grew past half
+    /// of its headroom; the others are dropped.
     fn drop(&mut self) {
         for member in &mut self.members {
             if member.link.plugin.instances == Instances::Reuse
                 && let State::Running(running) = std::mem::replace(&mut member.state, State::Out)
             {
-                member.link.idle.put(running);
+                if running.0.data().limiter.past_half() {
+                    tracing::debug!(
+                        route = %self.route,
+                        plugin = %member.link.plugin.name,
+                        "Reused plugin instance retired: it used more than half of its memory headroom."
+                    );
+                } else {
+                    member.link.idle.put(running);
+                }
             }
         }
     }
