@@ -42,6 +42,10 @@ pub struct Report {
 pub struct DeliveryReport {
     /// The pod's address (`ip:port`, IPv6 in brackets).
     pub target: String,
+    /// The pod's name, when the Kubernetes API named it (`kubernetes`
+    /// routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The HTTP status of the last attempt, if the pod answered at all.
     pub status: Option<u16>,
     /// Attempts made so far.
@@ -108,6 +112,11 @@ impl Report {
     }
 }
 
+/// The name the Kubernetes API gave the pod behind `target`, if any.
+fn pod_name(target: &Target) -> Option<String> {
+    target.pod.as_ref()?.name.as_deref().map(str::to_owned)
+}
+
 impl DeliveryReport {
     fn from_delivery(target: &Target, delivery: &Delivery) -> Self {
         let (body, body_truncated) = match &delivery.body {
@@ -119,6 +128,7 @@ impl DeliveryReport {
         };
         Self {
             target: target.to_string(),
+            pod: pod_name(target),
             status: delivery.status.map(|status| status.as_u16()),
             attempts: delivery.attempts,
             latency_ms: (delivery.latency.as_secs_f64() * 1e6).round() / 1e3,
@@ -133,6 +143,7 @@ impl DeliveryReport {
     fn pending(target: &Target) -> Self {
         Self {
             target: target.to_string(),
+            pod: pod_name(target),
             status: None,
             attempts: 0,
             latency_ms: 0.0,

@@ -26,7 +26,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::aggregate::{Report, Verdict};
-use crate::config::{DnsConfig, Mode};
+use crate::config::{DnsConfig, KubernetesConfig, Mode};
+use crate::discovery::kubernetes::{WatchKey, Watches};
 use crate::discovery::{Discovery, DiscoveryError, dns::LookupError};
 use crate::fanout::udp::{UdpReport, UdpSender};
 use crate::fanout::{Delivery, Fanout, PodRequest};
@@ -162,17 +163,20 @@ pub enum SetupError {
 
 impl Broadcaster {
     /// Builds the shared discovery and delivery machinery; the DNS
-    /// resolver only `with_dns` (some route names a `service`). At most
+    /// resolver only `with_dns` (some route names a `service`); no
+    /// EndpointSlice watch starts before [`Broadcaster::watch`]. At most
     /// `max_deliveries` pod deliveries are in flight at once; idle pod
     /// connections are kept for `pod_idle_timeout`.
     pub fn new(
         dns: &DnsConfig,
         with_dns: bool,
+        kubernetes: &KubernetesConfig,
         max_deliveries: usize,
         pod_idle_timeout: Duration,
     ) -> Result<Self, SetupError> {
+        let watches = Arc::new(Watches::new(kubernetes));
         Ok(Self {
-            discovery: Arc::new(Discovery::new(dns, with_dns)?),
+            discovery: Arc::new(Discovery::new(dns, with_dns, watches)?),
             dns: dns.clone(),
             with_dns,
             shared: Arc::new(Shared {
@@ -196,20 +200,28 @@ impl Broadcaster {
     /// The broadcaster of a reloaded configuration. It shares this one's
     /// HTTP client pool, UDP sequence and running broadcasts (draining
     /// either waits for both generations' broadcasts); its DNS cache is
-    /// this one's when the `[dns]` settings did not change. Idle pod
+    /// this one's when the `[dns]` settings did not change, and so are its
+    /// EndpointSlice watches when `[kubernetes]` did not. Idle pod
     /// connections are kept for `pod_idle_timeout` from now on.
     pub fn reconfigured(
         &self,
         dns: &DnsConfig,
         with_dns: bool,
+        kubernetes: &KubernetesConfig,
         pod_idle_timeout: Duration,
     ) -> Result<Self, SetupError> {
         self.shared.fanout.pods().set_idle_timeout(pod_idle_timeout);
+        let watches = self.discovery.kubernetes();
+        let watches = if watches.config() == kubernetes {
+            Arc::clone(watches)
+        } else {
+            Arc::new(Watches::new(kubernetes))
+        };
         let keep_cache = *dns == self.dns && (self.with_dns || !with_dns);
-        let (discovery, with_dns) = if keep_cache {
+        let (discovery, with_dns) = if keep_cache && Arc::ptr_eq(&watches, self.discovery.kubernetes()) {
             (Arc::clone(&self.discovery), self.with_dns)
         } else {
-            (Arc::new(Discovery::new(dns, with_dns)?), with_dns)
+            (Arc::new(Discovery::new(dns, with_dns, watches)?), with_dns)
         };
         Ok(Self {
             discovery,
@@ -217,6 +229,13 @@ impl Broadcaster {
             with_dns,
             shared: Arc::clone(&self.shared),
         })
+    }
+
+    /// Starts the EndpointSlice watches of the Services routes name
+    /// outright, so their first broadcast finds them listed; only those
+    /// are exempt from being stopped when idle.
+    pub fn watch(&self, services: Vec<WatchKey>) {
+        self.discovery.kubernetes().pin(services);
     }
 
     /// Discovers the route's pods, runs the route's plugins (selection and

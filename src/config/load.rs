@@ -44,6 +44,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
                     config.dns = dns;
                 }
             }
+            "kubernetes" => {
+                if let Some(kubernetes) = sink.deserialize(value) {
+                    config.kubernetes = kubernetes;
+                }
+            }
             "tokens" => match value.get_ref() {
                 DeValue::Table(sets) => {
                     for (name, set) in sets.iter() {
@@ -95,7 +100,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
             other => sink.push(
                 key.span(),
                 format!(
-                    "unknown top-level key `{other}`; expected `server`, `dns`, `tokens`, `plugins` or `routes`"
+                    "unknown top-level key `{other}`; expected `server`, `dns`, `kubernetes`, `tokens`, `plugins` or `routes`"
                 ),
             ),
         }

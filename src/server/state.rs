@@ -141,15 +141,22 @@ impl Generation {
         let with_dns = loaded.uses_dns();
         let broadcaster = match previous {
             Some(previous) => {
-                previous.reconfigured(&config.dns, with_dns, config.server.pod_idle_timeout)?
+                previous.reconfigured(
+                &config.dns,
+                with_dns,
+                &config.kubernetes,
+                config.server.pod_idle_timeout,
+            )?
             }
             None => Broadcaster::new(
                 &config.dns,
                 with_dns,
+                &config.kubernetes,
                 config.server.max_in_flight_deliveries,
                 config.server.pod_idle_timeout,
             )?,
         };
+        broadcaster.watch(loaded.kubernetes_services());
         let info = ConfigInfo {
             version,
             loaded_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
