@@ -12,6 +12,7 @@
 //! collector from the same task ([`report_to`]), so shutdown waits for it
 //! like for the deliveries.
 
+mod in_flight;
 pub mod report_to;
 
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use crate::route::Route;
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::target::Target;
+use in_flight::InFlight;
 
 /// Runs broadcasts: discovery, fan-out and aggregation, with the state they
 /// share (DNS cache, HTTP client pool, running tasks).
@@ -218,11 +220,12 @@ impl Broadcaster {
             Arc::new(Watches::new(kubernetes))
         };
         let keep_cache = *dns == self.dns && (self.with_dns || !with_dns);
-        let (discovery, with_dns) = if keep_cache && Arc::ptr_eq(&watches, self.discovery.kubernetes()) {
-            (Arc::clone(&self.discovery), self.with_dns)
-        } else {
-            (Arc::new(Discovery::new(dns, with_dns, watches)?), with_dns)
-        };
+        let (discovery, with_dns) =
+            if keep_cache && Arc::ptr_eq(&watches, self.discovery.kubernetes()) {
+                (Arc::clone(&self.discovery), self.with_dns)
+            } else {
+                (Arc::new(Discovery::new(dns, with_dns, watches)?), with_dns)
+            };
         Ok(Self {
             discovery,
             dns: dns.clone(),
@@ -580,33 +583,4 @@ fn prepare(
         plugins: Some((session, head)),
         reserved: Reserved::default(),
     })
-}
-
-/// Keeps a broadcast listed as running until dropped.
-struct InFlight<'a> {
-    registry: &'a Mutex<HashMap<u64, (String, Arc<str>)>>,
-    key: u64,
-}
-
-impl<'a> InFlight<'a> {
-    fn register(
-        registry: &'a Mutex<HashMap<u64, (String, Arc<str>)>>,
-        key: u64,
-        id: &str,
-        route: &Arc<str>,
-    ) -> Self {
-        registry
-            .lock()
-            .expect("in-flight lock")
-            .insert(key, (id.to_owned(), route.clone()));
-        Self { registry, key }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut registry) = self.registry.lock() {
-            registry.remove(&self.key);
-        }
-    }
 }

@@ -31,7 +31,9 @@ pub use plugin::{OnError, PluginConfig, PluginUse};
 pub use route::{
     Methods, Mode, PodHost, Protocol, RateLimitConfig, RouteConfig, RouteTable, Scheme, UdpConfig,
 };
-pub use server::{DnsConfig, KubernetesConfig, NameServer, ServerConfig, ServerTlsConfig, TokenSetConfig};
+pub use server::{
+    DnsConfig, KubernetesConfig, NameServer, ServerConfig, ServerTlsConfig, TokenSetConfig,
+};
 
 /// A whole router configuration file, after successful validation.
 #[derive(Debug, Clone, Default)]

@@ -164,7 +164,10 @@ impl Discovery {
 }
 
 /// Why a Service's slices yield no target, in words.
-fn no_endpoints(selection: &kubernetes::slices::Selection, source: &crate::vocabulary::target::KubernetesService) -> String {
+fn no_endpoints(
+    selection: &kubernetes::slices::Selection,
+    source: &crate::vocabulary::target::KubernetesService,
+) -> String {
     let skipped = selection.without_port.len();
     let port = if skipped > 0 {
         format!(
@@ -181,7 +184,10 @@ fn no_endpoints(selection: &kubernetes::slices::Selection, source: &crate::vocab
     };
     match selection.seen {
         0 => format!("its EndpointSlices list no endpoints{port}"),
-        seen => format!("none of its {seen} endpoints is {state} (endpoints = \"{}\"){port}", source.endpoints),
+        seen => format!(
+            "none of its {seen} endpoints is {state} (endpoints = \"{}\"){port}",
+            source.endpoints
+        ),
     }
 }
 

@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use crate::auth::{Guard, Tokens};
 use crate::config::{Config, Problems, Protocol};
-use crate::discovery::kubernetes::WatchKey;
 use crate::discovery::TargetSource;
+use crate::discovery::kubernetes::WatchKey;
 use crate::limit::Admission;
 use crate::plugin::{Chain, Plugins};
 use crate::route::Route;

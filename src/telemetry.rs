@@ -168,7 +168,10 @@ fn describe() {
         KUBE_STALE,
         "Broadcasts that used the last known EndpointSlices while their watch was failing."
     );
-    describe_gauge!(KUBE_WATCHES, "EndpointSlice watches running (one per Service).");
+    describe_gauge!(
+        KUBE_WATCHES,
+        "EndpointSlice watches running (one per Service)."
+    );
     describe_counter!(
         DNS_STALE,
         "Broadcasts that used a stale DNS answer because DNS was failing."

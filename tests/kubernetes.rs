@@ -71,9 +71,21 @@ async fn until_pods(router: &TestRouter, path: &str, pods: &[&str]) -> Answer {
 async fn pods_are_found_through_the_api_and_named_in_reports() {
     let api = KubeApi::start().await;
     let pods = Pods::start(60, &[Behaviour::Ok, Behaviour::Ok, Behaviour::Ok]).await;
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port), ("metrics", 1)], &ready(&pods.ips()));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port), ("metrics", 1)],
+        &ready(&pods.ips()),
+    );
     // Another Service's slice in the same namespace is not ours.
-    api.set_slice("shop", "db", "db-a", &[("http", pods.port)], &[Ep::ready(pods.ips()[0], "db-0")]);
+    api.set_slice(
+        "shop",
+        "db",
+        "db-a",
+        &[("http", pods.port)],
+        &[Ep::ready(pods.ips()[0], "db-0")],
+    );
     let router = start(&api.kubeconfig("default"), &route("web", "/web", None)).await;
 
     let answer = until_pods(&router, "/web", &["web-0", "web-1", "web-2"]).await;
@@ -86,11 +98,16 @@ async fn pods_are_found_through_the_api_and_named_in_reports() {
     let requests = api.requests();
     let selector = "labelSelector=kubernetes.io%2Fservice-name%3Dweb";
     assert!(
-        requests.iter().any(|r| r.starts_with("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?") && r.contains(selector) && !r.contains("watch=")),
+        requests.iter().any(|r| r
+            .starts_with("/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices?")
+            && r.contains(selector)
+            && !r.contains("watch=")),
         "one list of the Service's slices: {requests:?}"
     );
     assert!(
-        requests.iter().any(|r| r.contains("watch=true") && r.contains("allowWatchBookmarks=true") && r.contains(selector)),
+        requests.iter().any(|r| r.contains("watch=true")
+            && r.contains("allowWatchBookmarks=true")
+            && r.contains(selector)),
         "then a watch with bookmarks: {requests:?}"
     );
 }
@@ -100,23 +117,45 @@ async fn scale_up_and_down_apply_as_the_watch_delivers_them() {
     let api = KubeApi::start().await;
     let pods = Pods::start(64, &[Behaviour::Ok, Behaviour::Ok, Behaviour::Ok]).await;
     let ips = pods.ips();
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &ready(&ips[..2]));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port)],
+        &ready(&ips[..2]),
+    );
     let router = start(&api.kubeconfig("default"), &route("web", "/web", None)).await;
     until_pods(&router, "/web", &["web-0", "web-1"]).await;
 
     // Scale up: a second slice appears with the new pod.
-    api.set_slice("shop", "web", "web-b", &[("http", pods.port)], &[Ep::ready(ips[2], "web-2")]);
+    api.set_slice(
+        "shop",
+        "web",
+        "web-b",
+        &[("http", pods.port)],
+        &[Ep::ready(ips[2], "web-2")],
+    );
     until_pods(&router, "/web", &["web-0", "web-1", "web-2"]).await;
     api.bookmark();
 
     // Scale down: web-1 leaves its slice.
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &ready(&ips[..1]));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port)],
+        &ready(&ips[..1]),
+    );
     until_pods(&router, "/web", &["web-0", "web-2"]).await;
     api.delete_slice("shop", "web-b");
     until_pods(&router, "/web", &["web-0"]).await;
 
     // The watch followed every change: one list, no relisting.
-    let lists = api.requests().iter().filter(|r| !r.contains("watch=")).count();
+    let lists = api
+        .requests()
+        .iter()
+        .filter(|r| !r.contains("watch="))
+        .count();
     assert_eq!(lists, 1, "{:?}", api.requests());
 }
 
@@ -155,31 +194,58 @@ async fn a_terminating_pod_that_still_serves_is_reached_with_serving_not_with_re
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dropped_watch_keeps_the_last_known_pods_then_resumes_or_lists_again_after_410() {
-    let api = KubeApi::start().await;
+    let mut api = KubeApi::start().await;
     let pods = Pods::start(72, &[Behaviour::Ok, Behaviour::Ok, Behaviour::Ok]).await;
     let ips = pods.ips();
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &ready(&ips[..1]));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port)],
+        &ready(&ips[..1]),
+    );
     let router = start(&api.kubeconfig("default"), &route("web", "/web", None)).await;
     until_pods(&router, "/web", &["web-0"]).await;
-    eventually("the watch is open", || async { (api.open_watches() == 1).then_some(()) }).await;
+    eventually("the watch is open", || async {
+        (api.open_watches() == 1).then_some(())
+    })
+    .await;
 
-    // The watch breaks mid-stream: broadcasts keep the pods they knew.
+    // The watch breaks mid-stream; it resumes from its resource version,
+    // and a change made meanwhile is replayed (or arrives live).
     api.drop_watches();
-    let answer = router.post("/web", "x").await;
-    assert_eq!(pod_names(&answer), ["web-0"], "{}", answer.json);
-    // A change made meanwhile is replayed when the watch resumes.
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &ready(&ips[..2]));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port)],
+        &ready(&ips[..2]),
+    );
     until_pods(&router, "/web", &["web-0", "web-1"]).await;
-    eventually("the watch is open again", || async { (api.open_watches() == 1).then_some(()) }).await;
 
-    // History is compacted while the watch is down: resuming gets 410 Gone,
-    // and the watcher lists again.
-    api.drop_watches();
+    // The API goes away: broadcasts keep the pods last delivered, counted
+    // as stale answers.
+    api.stop().await;
+    eventually("broadcasts count as stale", || async {
+        let answer = router.post("/web", "x").await;
+        assert_eq!(pod_names(&answer), ["web-0", "web-1"], "{}", answer.json);
+        let (_, metrics) = router.admin_get("/metrics").await;
+        metrics
+            .lines()
+            .any(|line| line.starts_with("broadcast_router_kubernetes_stale_answers_total "))
+            .then_some(())
+    })
+    .await;
+
+    // While it is down, a pod is added and history is compacted: resuming
+    // gets 410 Gone, and the watcher lists again.
     api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &ready(&ips));
     api.compact();
+    api.serve().await;
     until_pods(&router, "/web", &["web-0", "web-1", "web-2"]).await;
-    let lists = api.requests().iter().filter(|r| !r.contains("watch=")).count();
-    assert_eq!(lists, 2, "listed again after 410: {:?}", api.requests());
+    let requests = api.requests();
+    let lists = requests.iter().filter(|r| !r.contains("watch=")).count();
+    assert_eq!(lists, 2, "listed again after 410: {requests:?}");
     let (_, metrics) = router.admin_get("/metrics").await;
     assert!(
         metrics.contains("broadcast_router_kubernetes_watch_events_total{outcome=\"error\"}"),
@@ -191,12 +257,23 @@ async fn a_dropped_watch_keeps_the_last_known_pods_then_resumes_or_lists_again_a
 async fn an_api_down_at_start_answers_503_with_the_reason_until_it_is_back() {
     let mut api = KubeApi::reserve();
     let pods = Pods::start(76, &[Behaviour::Ok, Behaviour::Ok]).await;
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &ready(&pods.ips()));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port)],
+        &ready(&pods.ips()),
+    );
     // The router starts although the API is unreachable.
     let router = start(&api.kubeconfig("default"), &route("web", "/web", None)).await;
 
     let answer = router.post("/web", "x").await;
-    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{}", answer.json);
+    assert_eq!(
+        answer.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        answer.json
+    );
     assert_eq!(answer.json["source"], "kubernetes");
     assert_eq!(answer.json["targets"], 0);
     let error = answer.json["error"].as_str().unwrap();
@@ -218,15 +295,35 @@ async fn no_pods_and_missing_named_ports_answer_503_no_pods() {
     let router = start(&api.kubeconfig("default"), &route("web", "/web", None)).await;
 
     let empty = router.post("/web", "x").await;
-    assert_eq!(empty.status, StatusCode::SERVICE_UNAVAILABLE, "{}", empty.json);
-    assert!(empty.json["error"].as_str().unwrap().contains("has no pods"), "{}", empty.json);
+    assert_eq!(
+        empty.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        empty.json
+    );
+    assert!(
+        empty.json["error"]
+            .as_str()
+            .unwrap()
+            .contains("has no pods"),
+        "{}",
+        empty.json
+    );
 
     // A slice whose ports lack `http` is skipped, with a reason.
-    api.set_slice("shop", "web", "web-a", &[("grpc", pods.port)], &ready(&pods.ips()));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("grpc", pods.port)],
+        &ready(&pods.ips()),
+    );
     let skipped = eventually("the slice without `http` is seen", || async {
         let answer = router.post("/web", "x").await;
         let error = answer.json["error"].as_str().unwrap_or_default().to_owned();
-        error.contains("without a port named `http`").then_some(answer)
+        error
+            .contains("without a port named `http`")
+            .then_some(answer)
     })
     .await;
     assert_eq!(skipped.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -238,8 +335,20 @@ async fn templated_routes_watch_only_allowed_services() {
     let api = KubeApi::start().await;
     let pods = Pods::start(84, &[Behaviour::Ok, Behaviour::Ok]).await;
     let ips = pods.ips();
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &[Ep::ready(ips[0], "web-0")]);
-    api.set_slice("shop", "web-v2", "web-v2-a", &[("http", pods.port)], &[Ep::ready(ips[1], "v2-0")]);
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port)],
+        &[Ep::ready(ips[0], "web-0")],
+    );
+    api.set_slice(
+        "shop",
+        "web-v2",
+        "web-v2-a",
+        &[("http", pods.port)],
+        &[Ep::ready(ips[1], "v2-0")],
+    );
     let routes = "\n[[routes]]\nname = \"by-service\"\npath = \"/{service}/purge\"\nkubernetes = { service = \"{service}\", namespace = \"shop\", port = \"http\" }\nallow_services = [\"web*\"]\n";
     let router = start(&api.kubeconfig("default"), routes).await;
 
@@ -248,7 +357,9 @@ async fn templated_routes_watch_only_allowed_services() {
     let refused = router.post("/db/purge", "x").await;
     assert_eq!(refused.status, StatusCode::FORBIDDEN, "{}", refused.json);
     assert!(
-        !api.requests().iter().any(|r| r.contains("service-name%3Ddb")),
+        !api.requests()
+            .iter()
+            .any(|r| r.contains("service-name%3Ddb")),
         "no watch for a refused name"
     );
 }
@@ -257,7 +368,13 @@ async fn templated_routes_watch_only_allowed_services() {
 async fn resolve_uses_kubeconfig_from_the_environment() {
     let api = KubeApi::start().await;
     let pods = Pods::start(88, &[Behaviour::Ok, Behaviour::Ok]).await;
-    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &ready(&pods.ips()));
+    api.set_slice(
+        "shop",
+        "web",
+        "web-a",
+        &[("http", pods.port)],
+        &ready(&pods.ips()),
+    );
     // No `[kubernetes] kubeconfig`, and no namespace: the context's is used.
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("router.toml");
@@ -280,7 +397,11 @@ async fn resolve_uses_kubeconfig_from_the_environment() {
     .unwrap();
 
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let expected: Vec<String> = pods
         .pods
         .iter()

@@ -234,15 +234,6 @@ impl Watches {
     }
 }
 
-impl Drop for Watches {
-    fn drop(&mut self) {
-        if let Ok(running) = self.running.get_mut() {
-            running.watches.clear();
-        }
-        telemetry::kubernetes_watches(0);
-    }
-}
-
 impl ClientCell {
     /// The client, built now if it is not yet.
     async fn get(&self) -> Result<Client, String> {
@@ -350,7 +341,6 @@ async fn run(client: Arc<ClientCell>, key: WatchKey, state: watch::Sender<State>
     }
 }
 
-
 /// The longest pause between attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
@@ -367,7 +357,7 @@ impl Iterator for RetryBackoff {
 
     fn next(&mut self) -> Option<Duration> {
         let base = Duration::from_millis(250).saturating_mul(1 << self.attempts.min(8));
-        self.attempts += 1;
+        self.attempts = self.attempts.saturating_add(1);
         let base = base.min(MAX_BACKOFF);
         // Up to a quarter of jitter, so many routers do not retry in step.
         Some(base + base.mul_f64(fastrand::f64() / 4.0))

@@ -273,7 +273,10 @@ impl Session {
                 .map(|(_, delivery)| LentHeaders::new(&delivery.headers))
                 .collect();
             let headers: Vec<_> = lent.iter().map(LentHeaders::lend).collect();
-            let labels: Vec<_> = delivered.iter().map(|(target, _)| target.labels()).collect();
+            let labels: Vec<_> = delivered
+                .iter()
+                .map(|(target, _)| target.labels())
+                .collect();
             let records: Vec<_> = delivered
                 .iter()
                 .zip(&headers)

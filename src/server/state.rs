@@ -140,14 +140,12 @@ impl Generation {
         let config = &loaded.config;
         let with_dns = loaded.uses_dns();
         let broadcaster = match previous {
-            Some(previous) => {
-                previous.reconfigured(
+            Some(previous) => previous.reconfigured(
                 &config.dns,
                 with_dns,
                 &config.kubernetes,
                 config.server.pod_idle_timeout,
-            )?
-            }
+            )?,
             None => Broadcaster::new(
                 &config.dns,
                 with_dns,

@@ -178,3 +178,44 @@ impl fmt::Display for TargetSource {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_carry_what_the_api_said_about_the_pod() {
+        let mut target = Target {
+            addr: "10.0.0.1:8080".parse().unwrap(),
+            service: Some("web".into()),
+            index: 0,
+            pod: None,
+        };
+        assert!(
+            target.labels().is_empty(),
+            "DNS and static targets have none"
+        );
+        target.pod = Some(Arc::new(Pod {
+            name: Some("web-0".into()),
+            namespace: "shop".into(),
+            node: None,
+            zone: Some("zone-a".into()),
+            conditions: Conditions {
+                ready: false,
+                serving: true,
+                terminating: true,
+            },
+        }));
+        assert_eq!(
+            target.labels(),
+            [
+                ("pod", "web-0"),
+                ("namespace", "shop"),
+                ("zone", "zone-a"),
+                ("ready", "false"),
+                ("serving", "true"),
+                ("terminating", "true"),
+            ]
+        );
+    }
+}

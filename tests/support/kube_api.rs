@@ -236,7 +236,10 @@ impl KubeApi {
             Some(object) => ("ADDED", object),
             None => (
                 "DELETED",
-                store.slices.remove(&key).expect("deleting a slice that exists"),
+                store
+                    .slices
+                    .remove(&key)
+                    .expect("deleting a slice that exists"),
             ),
         };
         object["metadata"]["resourceVersion"] = version.to_string().into();
@@ -255,7 +258,9 @@ impl KubeApi {
     pub fn drop_watches(&self) {
         let mut store = self.store.lock().unwrap();
         for watch in store.watches.drain(..) {
-            let _ = watch.events.send(Err(std::io::Error::other("watch cut by the test")));
+            let _ = watch
+                .events
+                .send(Err(std::io::Error::other("watch cut by the test")));
         }
     }
 
@@ -364,7 +369,10 @@ fn handle(store: &Mutex<Store>, request: Request<Incoming>) -> Response<Body> {
         .and_then(|rest| rest.strip_suffix("/endpointslices"))
         .filter(|namespace| !namespace.contains('/'));
     let Some(namespace) = namespace else {
-        let message = format!("the server could not find the requested resource {}", uri.path());
+        let message = format!(
+            "the server could not find the requested resource {}",
+            uri.path()
+        );
         return full(StatusCode::NOT_FOUND, status(404, "NotFound", &message));
     };
     let query: BTreeMap<String, String> = uri
@@ -393,7 +401,10 @@ fn handle(store: &Mutex<Store>, request: Request<Incoming>) -> Response<Body> {
             .map(|(_, object)| object.clone())
             .collect()
     };
-    if query.get("watch").is_none_or(|watch| watch != "true" && watch != "1") {
+    if query
+        .get("watch")
+        .is_none_or(|watch| watch != "true" && watch != "1")
+    {
         let list = json!({
             "kind": "EndpointSliceList",
             "apiVersion": "discovery.k8s.io/v1",
@@ -412,7 +423,10 @@ fn handle(store: &Mutex<Store>, request: Request<Incoming>) -> Response<Body> {
         .and_then(|version| version.parse().ok())
         .unwrap_or(0);
     let mut open = true;
-    if query.get("sendInitialEvents").is_some_and(|value| value == "true") {
+    if query
+        .get("sendInitialEvents")
+        .is_some_and(|value| value == "true")
+    {
         for object in items(&store) {
             send(event_line("ADDED", &object));
         }
@@ -430,7 +444,10 @@ fn handle(store: &Mutex<Store>, request: Request<Incoming>) -> Response<Body> {
                 send(event_line(kind, object));
             }
         }
-        if query.get("allowWatchBookmarks").is_some_and(|value| value == "true") {
+        if query
+            .get("allowWatchBookmarks")
+            .is_some_and(|value| value == "true")
+        {
             send(bookmark(store.resource_version, false));
         }
     }

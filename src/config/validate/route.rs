@@ -183,7 +183,10 @@ impl RouteCheck<'_, '_, '_> {
         let templated = route
             .service
             .as_deref()
-            .or(route.kubernetes.as_ref().map(|table| table.service.as_str()))
+            .or(route
+                .kubernetes
+                .as_ref()
+                .map(|table| table.service.as_str()))
             .is_some_and(|service| service.contains(SERVICE_PLACEHOLDER));
         if !templated && !route.allow_services.is_empty() {
             self.problem(

@@ -161,7 +161,13 @@ mod tests {
         Slice::from_api(&slice, &Arc::from("default"))
     }
 
-    fn endpoint(ip: &str, pod: &str, ready: bool, serving: bool, terminating: bool) -> serde_json::Value {
+    fn endpoint(
+        ip: &str,
+        pod: &str,
+        ready: bool,
+        serving: bool,
+        terminating: bool,
+    ) -> serde_json::Value {
         serde_json::json!({
             "addresses": [ip],
             "conditions": { "ready": ready, "serving": serving, "terminating": terminating },
@@ -212,11 +218,21 @@ mod tests {
     #[test]
     fn ports_are_found_by_name_or_taken_as_numbers() {
         let service: Arc<str> = Arc::from("web");
-        let metrics = select(&web(), &PortRef::Name("metrics".into()), Endpoints::Ready, &service);
+        let metrics = select(
+            &web(),
+            &PortRef::Name("metrics".into()),
+            Endpoints::Ready,
+            &service,
+        );
         assert_eq!(metrics.targets[0].addr.port(), 9100);
         let number = select(&web(), &PortRef::Number(7000), Endpoints::Ready, &service);
         assert_eq!(number.targets[0].addr.port(), 7000);
-        let missing = select(&web(), &PortRef::Name("grpc".into()), Endpoints::All, &service);
+        let missing = select(
+            &web(),
+            &PortRef::Name("grpc".into()),
+            Endpoints::All,
+            &service,
+        );
         assert!(missing.targets.is_empty());
         assert_eq!(&*missing.without_port[0], "web-abc");
     }
@@ -232,8 +248,17 @@ mod tests {
                 { "addresses": ["10.0.0.9"] }
             ]
         }));
-        let selection = select(&[bare], &PortRef::Number(80), Endpoints::Serving, &Arc::from("x"));
-        assert_eq!(selection.targets.len(), 1, "not ready and not serving; a duplicate");
+        let selection = select(
+            &[bare],
+            &PortRef::Number(80),
+            Endpoints::Serving,
+            &Arc::from("x"),
+        );
+        assert_eq!(
+            selection.targets.len(),
+            1,
+            "not ready and not serving; a duplicate"
+        );
         let pod = selection.targets[0].pod.as_ref().unwrap();
         assert!(pod.conditions.ready && !pod.conditions.terminating);
         assert_eq!(pod.name, None);

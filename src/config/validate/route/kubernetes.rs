@@ -8,10 +8,7 @@ use crate::vocabulary::target::{KubernetesService, PortRef, TargetSource};
 
 impl RouteCheck<'_, '_, '_> {
     /// The route's `kubernetes` source, parsed (`None` after a problem).
-    pub(in super::super) fn kubernetes(
-        &mut self,
-        table: &KubernetesTable,
-    ) -> Option<TargetSource> {
+    pub(in super::super) fn kubernetes(&mut self, table: &KubernetesTable) -> Option<TargetSource> {
         let mut valid = true;
         if self.route.port.is_some() {
             self.problem(
