@@ -114,7 +114,7 @@ impl Report {
 
 /// The name the Kubernetes API gave the pod behind `target`, if any.
 fn pod_name(target: &Target) -> Option<String> {
-    target.pod.as_ref()?.name.as_deref().map(str::to_owned)
+    target.pod_name().map(str::to_owned)
 }
 
 impl DeliveryReport {

@@ -455,6 +455,7 @@ impl Broadcaster {
                 None => succeeded += 1,
                 Some(error) => tracing::warn!(
                     target = %targets[index],
+                    pod = targets[index].pod_name().unwrap_or("-"),
                     attempts = delivery.attempts,
                     error = %error,
                     "Delivery failed."

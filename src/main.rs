@@ -257,7 +257,7 @@ async fn resolve(config: &Config, name: &str, service: Option<&str>) -> anyhow::
     let targets = discovery.targets(&route.source, service.as_deref()).await?;
     for target in &targets {
         // Pods found through the API are named after their address.
-        match target.pod.as_ref().and_then(|pod| pod.name.as_deref()) {
+        match target.pod_name() {
             Some(pod) => println!("{target} {pod}"),
             None => println!("{target}"),
         }

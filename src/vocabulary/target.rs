@@ -19,6 +19,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The pod's name, when the Kubernetes API gave one.
+    pub fn pod_name(&self) -> Option<&str> {
+        self.pod.as_ref()?.name.as_deref()
+    }
+
     /// The facts plugins receive as `target.labels`: `pod`, `namespace`,
     /// `node`, `zone`, `ready`, `serving` and `terminating`, those known.
     pub fn labels(&self) -> Vec<(&str, &str)> {
