@@ -17,6 +17,7 @@ use std::process::Command;
 
 use reqwest::StatusCode;
 use support::kube_api::{Ep, KubeApi};
+use support::plugins;
 use support::pods::{Behaviour, Pods};
 use support::{Answer, TestRouter, eventually, preamble};
 
@@ -409,4 +410,49 @@ async fn resolve_uses_kubeconfig_from_the_environment() {
         .map(|(i, pod)| format!("{} web-{i}", pod.addr))
         .collect();
     assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_see_the_pod_name_node_zone_and_conditions_as_labels() {
+    let api = KubeApi::start().await;
+    let pods = Pods::start(92, &[Behaviour::Ok, Behaviour::Ok]).await;
+    let ips = pods.ips();
+    let endpoints = [
+        Ep::ready(ips[0], "web-0"),
+        Ep::ready(ips[1], "web-1").terminating_but_serving(),
+    ];
+    api.set_slice("shop", "web", "web-a", &[("http", pods.port)], &endpoints);
+    let routes = format!(
+        "{}{}plugins = [{{ use = \"echo\", config = {{ echo_labels = true }} }}]\n",
+        plugins::table("echo", "stress.wasm", ""),
+        route("labels", "/labels", None)
+    );
+    let router = start(&api.kubeconfig("default"), &routes).await;
+
+    // The plugin's aggregate hook answers, so watch the pods instead.
+    eventually("both pods are told", || async {
+        let answer = router.post("/labels", "x").await;
+        assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+        pods.pods.iter().all(|pod| pod.count() > 0).then_some(())
+    })
+    .await;
+
+    let labels = |pod: usize| {
+        let received = pods.pods[pod].received();
+        received
+            .last()
+            .unwrap()
+            .header("x-target-labels")
+            .unwrap()
+            .to_owned()
+    };
+    let common = "namespace=shop,node=node-1,zone=zone-a";
+    assert_eq!(
+        labels(0),
+        format!("pod=web-0,{common},ready=true,serving=true,terminating=false")
+    );
+    assert_eq!(
+        labels(1),
+        format!("pod=web-1,{common},ready=false,serving=true,terminating=true")
+    );
 }
