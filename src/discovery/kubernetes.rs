@@ -54,8 +54,17 @@ const SERVICE_LABEL: &str = "kubernetes.io/service-name";
 
 /// Why a Service's endpoints are not known.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct WatchError(Arc<str>);
+pub enum WatchError {
+    /// No credentials could be loaded, or no client built from them.
+    #[error("{0}")]
+    Credentials(Arc<str>),
+    /// The API failed to list or watch the EndpointSlices.
+    #[error("watching EndpointSlices failed: {0}")]
+    Api(Arc<str>),
+    /// The API did not answer the first list in time.
+    #[error("the Kubernetes API did not list its EndpointSlices within {0:?}")]
+    Slow(Duration),
+}
 
 /// A Service to watch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -110,7 +119,7 @@ struct State {
     /// The slices as last delivered; `None` until the first list.
     slices: Option<Arc<[Slice]>>,
     /// The last failure, until the watch delivers again.
-    error: Option<Arc<str>>,
+    error: Option<WatchError>,
 }
 
 /// The API client, built on first use and shared by every watch.
@@ -168,12 +177,8 @@ impl Watches {
             None => key.to_string(),
         };
         let Some(slices) = state.slices else {
-            let reason = state.error.unwrap_or_else(|| {
-                Arc::from(format!(
-                    "the Kubernetes API did not list its EndpointSlices within {FIRST_LIST_WAIT:?}"
-                ))
-            });
-            return Err((name, WatchError(reason)));
+            let reason = state.error.unwrap_or(WatchError::Slow(FIRST_LIST_WAIT));
+            return Err((name, reason));
         };
         if let Some(error) = &state.error {
             telemetry::kubernetes_stale_answer();
@@ -236,7 +241,7 @@ impl Watches {
 
 impl ClientCell {
     /// The client, built now if it is not yet.
-    async fn get(&self) -> Result<Client, String> {
+    async fn get(&self) -> Result<Client, WatchError> {
         let mut client = self.client.lock().await;
         if let Some(client) = &*client {
             return Ok(client.clone());
@@ -249,28 +254,30 @@ impl ClientCell {
 
 /// A client with the configured credentials: `[kubernetes] kubeconfig`,
 /// else the in-cluster service account, else the default kubeconfig.
-async fn build_client(config: &KubernetesConfig) -> Result<Client, String> {
+async fn build_client(config: &KubernetesConfig) -> Result<Client, WatchError> {
     use kube::config::{Config, KubeConfigOptions, Kubeconfig};
+    let fail = |message: String| WatchError::Credentials(message.into());
     let options = KubeConfigOptions::default();
     let config = match &config.kubeconfig {
         Some(path) => {
             let file = Kubeconfig::read_from(path).map_err(|error| {
-                format!("cannot read the kubeconfig {}: {error}", path.display())
+                fail(format!("cannot read the kubeconfig {}: {error}", path.display()))
             })?;
             Config::from_custom_kubeconfig(file, &options)
                 .await
-                .map_err(|error| format!("the kubeconfig {} is unusable: {error}", path.display()))?
+                .map_err(|error| fail(format!("the kubeconfig {} is unusable: {error}", path.display())))?
         }
         None => match Config::incluster() {
             Ok(config) => config,
             Err(in_cluster) => Config::from_kubeconfig(&options).await.map_err(|error| {
-                format!(
+                fail(format!(
                     "no Kubernetes credentials: not in a cluster ({in_cluster}), and no usable kubeconfig ({error})"
-                )
+                ))
             })?,
         },
     };
-    Client::try_from(config).map_err(|error| format!("cannot build the Kubernetes client: {error}"))
+    Client::try_from(config)
+        .map_err(|error| fail(format!("cannot build the Kubernetes client: {error}")))
 }
 
 /// The watch of one Service, for as long as it is wanted: builds the
@@ -283,7 +290,7 @@ async fn run(client: Arc<ClientCell>, key: WatchKey, state: watch::Sender<State>
             Err(error) => {
                 telemetry::kubernetes_watch_event("error");
                 tracing::error!(service = %key, %error, "Cannot watch EndpointSlices; retrying.");
-                state.send_modify(|state| state.error = Some(error.into()));
+                state.send_modify(|state| state.error = Some(error));
                 tokio::time::sleep(backoff.next().unwrap_or(MAX_BACKOFF)).await;
             }
         }
@@ -311,14 +318,14 @@ async fn run(client: Arc<ClientCell>, key: WatchKey, state: watch::Sender<State>
             Ok(Event::Init | Event::InitApply(_)) => continue,
             Err(error) => {
                 telemetry::kubernetes_watch_event("error");
-                let error = format!("watching EndpointSlices failed: {error}");
+                let error = WatchError::Api(error.to_string().into());
                 let listed = state.borrow().slices.is_some();
                 if listed {
                     tracing::warn!(service = %service, %error, "EndpointSlice watch failed; serving the last known endpoints while it retries.");
                 } else {
                     tracing::error!(service = %service, %error, "Cannot list EndpointSlices; retrying.");
                 }
-                state.send_modify(|state| state.error = Some(error.into()));
+                state.send_modify(|state| state.error = Some(error));
                 continue;
             }
         };
