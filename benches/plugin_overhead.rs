@@ -10,8 +10,13 @@
 //!   with `{}` (harmless, but it imports WASI's files and sockets, which
 //!   makes every instance dearer to create).
 //!
+//! - Python and JavaScript: the templates (`plugins/templates/`, all
+//!   three hooks, a little real work), each with a fresh instance per
+//!   broadcast (the default) and with `instances = "reuse"`.
+//!
 //! Run with `cargo bench --bench plugin_overhead` (it builds the plugins
-//! first with `plugins/build.sh`).
+//! first with `plugins/build.sh rust python javascript`, which needs the
+//! Python and JavaScript tools `bash scripts/test` installs).
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -33,6 +38,7 @@ fn build_plugins() -> std::path::PathBuf {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let status = Command::new("bash")
         .arg(root.join("plugins/build.sh"))
+        .args(["rust", "python", "javascript"])
         .current_dir(&root)
         .status()
         .expect("bash runs plugins/build.sh");
@@ -137,6 +143,37 @@ hook_timeout = "5s"
 [plugins.stress]
 path = "{dir}/stress.wasm"
 hook_timeout = "5s"
+[plugins.python]
+path = "{dir}/template_python.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+[plugins.python-reuse]
+path = "{dir}/template_python.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+instances = "reuse"
+[plugins.javascript]
+path = "{dir}/template_javascript.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+[plugins.javascript-reuse]
+path = "{dir}/template_javascript.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+instances = "reuse"
+[plugins.rust]
+path = "{dir}/template_rust.wasm"
+hook_timeout = "5s"
+[plugins.shard-python]
+path = "{dir}/shard_filter_python.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+instances = "reuse"
+[plugins.shard-javascript]
+path = "{dir}/shard_filter_javascript.wasm"
+hook_timeout = "5s"
+memory = "64MiB"
+instances = "reuse"
 
 [[routes]]
 name = "chain"
@@ -159,6 +196,48 @@ name = "stress"
 path = "/stress"
 targets = [{targets}]
 plugins = [{{ use = "stress" }}]
+
+[[routes]]
+name = "python"
+path = "/python"
+targets = [{targets}]
+plugins = [{{ use = "python", config = {{ tag = "t" }} }}]
+
+[[routes]]
+name = "python-reuse"
+path = "/python-reuse"
+targets = [{targets}]
+plugins = [{{ use = "python-reuse", config = {{ tag = "t" }} }}]
+
+[[routes]]
+name = "javascript"
+path = "/javascript"
+targets = [{targets}]
+plugins = [{{ use = "javascript", config = {{ tag = "t" }} }}]
+
+[[routes]]
+name = "javascript-reuse"
+path = "/javascript-reuse"
+targets = [{targets}]
+plugins = [{{ use = "javascript-reuse", config = {{ tag = "t" }} }}]
+
+[[routes]]
+name = "shard-python"
+path = "/shard-python"
+targets = [{targets}]
+plugins = [{{ use = "shard-python", config = {{ replicas = {PODS} }} }}]
+
+[[routes]]
+name = "shard-javascript"
+path = "/shard-javascript"
+targets = [{targets}]
+plugins = [{{ use = "shard-javascript", config = {{ replicas = {PODS} }} }}]
+
+[[routes]]
+name = "rust"
+path = "/rust"
+targets = [{targets}]
+plugins = [{{ use = "rust", config = {{ tag = "t" }} }}]
 
 [[routes]]
 name = "shard-only"
@@ -221,6 +300,35 @@ plugins = [{{ use = "merge", config = {{ quorum = "51%" }} }}]
         });
     }
     parts.finish();
+
+    // The templates of the three languages: all three hooks, the same work.
+    let mut languages = c.benchmark_group("template plugin per broadcast of 10 pods");
+    for (name, route) in [
+        ("rust, fresh instance", "rust"),
+        ("python, fresh instance", "python"),
+        ("python, reused instance", "python-reuse"),
+        ("javascript, fresh instance", "javascript"),
+        ("javascript, reused instance", "javascript-reuse"),
+        (
+            "shard-filter (select-targets only): rust, fresh",
+            "shard-only",
+        ),
+        (
+            "shard-filter (select-targets only): python, reused",
+            "shard-python",
+        ),
+        (
+            "shard-filter (select-targets only): javascript, reused",
+            "shard-javascript",
+        ),
+    ] {
+        let chain = plugins.chain(route);
+        let route: Arc<str> = route.into();
+        languages.bench_function(name, |b| {
+            b.iter(|| black_box(broadcast.run(&chain, &route)))
+        });
+    }
+    languages.finish();
 }
 
 criterion_group!(benches, overhead);

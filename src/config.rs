@@ -27,7 +27,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use crate::vocabulary::problem::{Location, Problem, Problems};
-pub use plugin::{OnError, PluginConfig, PluginUse};
+pub use plugin::{Instances, OnError, PluginConfig, PluginUse};
 pub use route::{
     Methods, Mode, PodHost, Protocol, RateLimitConfig, RouteConfig, RouteTable, Scheme, UdpConfig,
 };

@@ -1,4 +1,5 @@
-//! The `broadcast-router` command: serve, check, resolve, demo, listen.
+//! The `broadcast-router` command: serve, check, resolve, demo, listen,
+//! echo, plugin test and plugin inspect.
 
 #![forbid(unsafe_code)]
 
@@ -73,6 +74,47 @@ enum Command {
     /// method, path, broadcast id, body size), logging each one: a receiver
     /// to try broadcasts against.
     Echo(EchoArgs),
+    /// Test or inspect a plugin component without a router.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Run a plugin's hooks on input given as JSON (config, request,
+    /// targets, outcomes) and print each hook's result as JSON. Exits 1 if
+    /// a hook failed. The plugin's own output goes to the log (stderr).
+    Test {
+        /// The plugin's .wasm component.
+        file: PathBuf,
+        /// The JSON input file, `-` for stdin. Keys: `config` (the route's
+        /// config table), `request` (`method`, `path`, `headers`, `body`,
+        /// `broadcast_id`), `targets` (`["ip:port", …]`), `outcomes` (each
+        /// selected pod's `status`, `body`, `error`; default 200).
+        #[arg(long, default_value = "-")]
+        input: PathBuf,
+        #[command(flatten)]
+        limits: PluginLimits,
+    },
+    /// Print a component's world and version, hooks, imports, exports,
+    /// initial memory, and whether this router can load it (and why not),
+    /// as JSON.
+    Inspect {
+        /// The .wasm component.
+        file: PathBuf,
+        #[command(flatten)]
+        limits: PluginLimits,
+    },
+}
+
+#[derive(Args)]
+struct PluginLimits {
+    /// The plugin's memory cap, as `memory` in `[plugins.NAME]`.
+    #[arg(long, default_value = "64MiB")]
+    memory: String,
+    /// CPU time one hook call may take, as `hook_timeout`.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    hook_timeout: Duration,
 }
 
 #[derive(Args)]
@@ -119,7 +161,7 @@ struct ConfigArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init_logging(cli.log_format);
+    let _log = telemetry::init_logging(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -174,6 +216,43 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Echo(args) => {
             echo(args).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Plugin(command) => plugin_command(command),
+    }
+}
+
+fn plugin_command(command: PluginCommand) -> anyhow::Result<ExitCode> {
+    use broadcast_router::plugin::{inspect, tryout};
+    match command {
+        PluginCommand::Test {
+            file,
+            input,
+            limits,
+        } => {
+            let text = if input == Path::new("-") {
+                std::io::read_to_string(std::io::stdin()).context("cannot read stdin")?
+            } else {
+                std::fs::read_to_string(&input)
+                    .with_context(|| format!("cannot read {}", input.display()))?
+            };
+            let input: tryout::Input = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid test input", input.display()))?;
+            let (results, ok) = tryout::run(&file, &limits.memory, limits.hook_timeout, &input)?;
+            println!("{}", serde_json::to_string_pretty(&results)?);
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PluginCommand::Inspect { file, limits } => {
+            let facts = inspect::inspect(&file, &limits.memory, limits.hook_timeout)?;
+            println!("{}", serde_json::to_string_pretty(&facts)?);
+            Ok(if facts["loadable"]["ok"] == true {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

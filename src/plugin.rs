@@ -28,7 +28,10 @@
 
 pub mod bindings;
 mod host;
+pub mod inspect;
+mod output;
 mod session;
+pub mod tryout;
 
 pub use host::LoadedPlugin;
 pub use session::{Cause, PluginFailure, Session};
@@ -51,6 +54,8 @@ pub struct Chain {
 struct Link {
     plugin: Arc<LoadedPlugin>,
     config: Arc<str>,
+    /// Instances kept between broadcasts (`instances = "reuse"`).
+    idle: Arc<session::Idle>,
 }
 
 impl Chain {
@@ -69,6 +74,22 @@ impl Chain {
         self.links
             .iter()
             .any(|link| link.plugin.hooks.contains(Hooks::TRANSFORM))
+    }
+
+    /// The hooks of the chain's first plugin, by their WIT names.
+    pub fn hooks_of_first(&self) -> Vec<&'static str> {
+        let Some(link) = self.links.first() else {
+            return Vec::new();
+        };
+        [
+            (Hooks::SELECT_TARGETS, "select-targets"),
+            (Hooks::TRANSFORM, "transform"),
+            (Hooks::AGGREGATE, "aggregate"),
+        ]
+        .into_iter()
+        .filter(|(hook, _)| link.plugin.hooks.contains(*hook))
+        .map(|(_, name)| name)
+        .collect()
     }
 
     /// Whether a plugin decides the verdict.
@@ -157,6 +178,7 @@ impl Plugins {
                 chain.links.push(Link {
                     plugin: Arc::clone(plugin),
                     config: config_json,
+                    idle: Arc::default(),
                 });
             }
             chains.insert(route.name.clone(), chain);
@@ -175,18 +197,29 @@ impl Plugins {
     }
 }
 
-/// Runs plugin code that may call WASI from a tokio worker thread.
+/// Runs plugin code (loading, `init`, hooks) where WASI may block.
 ///
-/// wasmtime-wasi's synchronous bindings block on tokio internally, which a
-/// runtime worker may not do; `block_in_place` hands the worker's other
-/// tasks to another thread for the duration. Outside a multi-threaded
-/// runtime (benchmarks, tools) the code simply runs.
-pub fn run_plugins<R>(work: impl FnOnce() -> R) -> R {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
+/// wasmtime-wasi's synchronous bindings block on tokio internally (a
+/// plugin writing to stdout, or dropping its stdout stream, goes through
+/// `Handle::block_on`), which panics on a thread that runs async tasks
+/// ("Cannot start a runtime from within a runtime"). On a multi-threaded
+/// runtime, `block_in_place` hands the worker's other tasks to another
+/// thread for the duration; on a current-thread runtime the work runs on
+/// a short-lived thread of its own; outside any runtime (benchmarks,
+/// tools) it simply runs.
+pub fn run_plugins<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|handle| handle.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        Ok(_) => std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("plugin".into())
+                .spawn_scoped(scope, work)
+                .expect("a plugin thread starts")
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        }),
+        Err(_) => work(),
     }
 }
 

@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 
 pub use crate::config::route::SERVICE_PLACEHOLDER;
-use crate::config::route::valid_service_name;
+use crate::config::route::{is_lowercase_label, valid_service_name};
 use crate::config::{Methods, Mode, PodHost, Protocol, RouteConfig};
 use crate::vocabulary::headers::valid_host;
 use crate::vocabulary::policy::Policy;
@@ -299,12 +299,7 @@ fn encode_segment(segment: &str) -> Result<String, UnsafePath> {
 /// IPv4 address (`2130706433`, `0x7f000001`), and not `localhost`, which
 /// resolvers answer with loopback addresses without asking DNS.
 fn is_service_label(label: &str) -> bool {
-    (1..=63).contains(&label.len())
-        && label
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !label.starts_with('-')
-        && !label.ends_with('-')
+    is_lowercase_label(label)
         && !label.starts_with("xn--")
         && !label.bytes().all(|b| b.is_ascii_digit())
         && !label

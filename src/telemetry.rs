@@ -6,8 +6,10 @@
 //! from requests and error texts never become labels.
 
 mod refusals;
+mod writer;
 
 pub use refusals::{SUMMARY_INTERVAL, refused};
+pub use writer::LogGuard;
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -25,9 +27,13 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global log subscriber. The filter comes from `RUST_LOG`
-/// (targets syntax, e.g. `info,broadcast_router=debug`), default `info`.
-pub fn init_logging(format: LogFormat) {
+/// Installs the global log subscriber, writing to stderr from its own
+/// thread (a slow reader never blocks a request); keep the returned guard
+/// until the process ends, so queued lines are written. The filter comes
+/// from `RUST_LOG` (targets syntax, e.g. `info,broadcast_router=debug`),
+/// default `info`.
+pub fn init_logging(format: LogFormat) -> LogGuard {
+    let (writer, guard) = writer::NonBlocking::stderr();
     use tracing_subscriber::filter::Targets;
     use tracing_subscriber::prelude::*;
 
@@ -40,7 +46,7 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(writer)
                     // Colours for a terminal only, never into a log file.
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
             )
@@ -50,12 +56,13 @@ pub fn init_logging(format: LogFormat) {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(true)
-                    .with_writer(std::io::stderr),
+                    .with_writer(writer),
             )
             .try_init(),
     };
     // A subscriber already installed (tests, embedding) is fine.
     drop(result);
+    guard
 }
 
 /// The process-wide metrics recorder, installed on first use.

@@ -16,6 +16,11 @@ use harness::{Options, Plugins, Policy};
 /// A phase's figures are present and consistent: broadcasts ran, none
 /// failed, each reached all three pods exactly once.
 fn check_phase(name: &str, phase: &Value) {
+    check_phase_at(name, phase, 3);
+}
+
+/// [`check_phase`] for a phase whose requests each reach `pods` pods.
+fn check_phase_at(name: &str, phase: &Value, pods: u64) {
     let number = |key: &str| {
         phase[key]
             .as_f64()
@@ -26,8 +31,8 @@ fn check_phase(name: &str, phase: &Value) {
     assert_eq!(phase["errors"], 0, "{name}: {phase}");
     assert_eq!(
         phase["deliveries"].as_u64(),
-        Some(3 * broadcasts),
-        "{name}: every broadcast reaches the 3 pods: {phase}"
+        Some(pods * broadcasts),
+        "{name}: every broadcast reaches the {pods} pod(s): {phase}"
     );
     assert_eq!(phase["exactly_once"], true, "{name}: {phase}");
     assert!(number("broadcasts_per_s") > 0.0, "{name}: {phase}");
@@ -57,7 +62,7 @@ async fn harness_produces_a_well_formed_report_at_three_pods() {
         warmup: Duration::from_millis(200),
         probe: Duration::from_millis(300),
         concurrency: 64,
-        router: PathBuf::from(env!("CARGO_BIN_EXE_broadcast-router")),
+        routers: vec![PathBuf::from(env!("CARGO_BIN_EXE_broadcast-router"))],
         repo,
         // 127.0.1.x: no other test uses it.
         pod_block: 1,
@@ -82,6 +87,19 @@ async fn harness_produces_a_well_formed_report_at_three_pods() {
     for name in ["baseline", "router", "baseline_probe", "router_probe"] {
         check_phase(name, &scenario[name]);
     }
+    // The direct phase sends each request to one pod only.
+    check_phase_at("direct_pod", &scenario["direct_pod"], 1);
+    assert!(
+        scenario["loopback_share"]
+            .as_f64()
+            .is_some_and(|share| share > 0.0),
+        "{scenario}"
+    );
+    assert!(
+        scenario["build"]
+            .as_str()
+            .is_some_and(|build| !build.is_empty())
+    );
     assert!(scenario["ratio"].as_f64().is_some_and(|ratio| ratio > 0.0));
     assert!(scenario["added_p50_us"].as_f64().is_some());
     let process = &scenario["process"];

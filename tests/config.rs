@@ -527,3 +527,40 @@ fn kubernetes_routes_are_checked_like_the_api_would() {
         "{endpoints}"
     );
 }
+
+/// `check` writes its problems to stderr itself while the log writer
+/// thread writes log lines there too: neither may hold stderr so that the
+/// other waits forever. With logging on, a failing check still prints its
+/// problems and exits.
+#[test]
+fn check_with_logging_on_prints_problems_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("router.toml");
+    std::fs::write(&path, "[[routes]]\nname = \"x\"\npath = \"/x\"\n").unwrap();
+    let mut child = Command::new(BINARY)
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > give_up {
+            let _ = child.kill();
+            panic!("check did not exit: it is stuck writing to stderr");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().unwrap();
+    assert!(!status.success());
+    assert!(
+        text(&output.stderr).contains("problem(s) found"),
+        "{}",
+        text(&output.stderr)
+    );
+}

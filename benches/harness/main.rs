@@ -4,7 +4,13 @@
 //! ```sh
 //! cargo bench --bench harness -- --duration 5s
 //! cargo bench --bench harness -- --pods 10 --policies all --plugins off --bodies 100 --duration 60s
+//! cargo bench --bench harness -- --router old/broadcast-router --router target/release/broadcast-router
 //! ```
+//!
+//! Besides the fan-out baseline, each pod count gets a "direct" phase: the
+//! same load sent straight to one pod. A broadcast to P pods costs at least
+//! P such requests, so `router broadcasts/s × P ÷ direct requests/s` is the
+//! share of that loopback limit the router reaches.
 //!
 //! Writes `bench/results/<time>-<commit>.{json,md}` and
 //! `bench/results/latest.md`. See `--help` and `docs/performance.md`
@@ -55,10 +61,11 @@ struct Cli {
     /// Where results are written.
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
-    /// The router binary to measure (default: the one `cargo bench` built),
-    /// e.g. to compare two builds on the same machine.
+    /// A router binary to measure (default: the one `cargo bench` built).
+    /// Give it more than once to compare builds in one run, e.g. before
+    /// and after a change: every scenario runs through each of them.
     #[arg(long)]
-    router: Option<PathBuf>,
+    router: Vec<PathBuf>,
     /// Pods live on 127.0.BLOCK.1 onwards (250 per /24).
     #[arg(long, default_value_t = 10)]
     pod_block: u8,
@@ -91,9 +98,11 @@ fn main() -> anyhow::Result<()> {
         warmup: cli.warmup,
         probe: cli.probe,
         concurrency: cli.concurrency,
-        router: cli
-            .router
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_broadcast-router"))),
+        routers: if cli.router.is_empty() {
+            vec![PathBuf::from(env!("CARGO_BIN_EXE_broadcast-router"))]
+        } else {
+            cli.router
+        },
         repo: repo.clone(),
         pod_block: cli.pod_block,
         command: command_line(),
@@ -118,10 +127,12 @@ fn main() -> anyhow::Result<()> {
             options.clients
         );
     }
-    eprintln!(
-        "router {}; open-file limit {limit}",
-        options.router.display()
-    );
+    let routers: Vec<String> = options
+        .routers
+        .iter()
+        .map(|router| router.display().to_string())
+        .collect();
+    eprintln!("router(s) {}; open-file limit {limit}", routers.join(", "));
     if cli.realtime {
         match realtime() {
             Ok(()) => eprintln!("scheduling: SCHED_RR priority 10 (harness and router)"),

@@ -94,8 +94,8 @@ pub struct Options {
     pub probe: Duration,
     /// The route's per-broadcast `concurrency` (and the baseline's).
     pub concurrency: usize,
-    /// The router binary.
-    pub router: PathBuf,
+    /// The router binaries; every scenario runs through each.
+    pub routers: Vec<PathBuf>,
     /// The repository (for `git` and `plugins/build.sh`).
     pub repo: PathBuf,
     /// Pods live on `127.0.<pod_block>.1` onwards (250 per /24).
@@ -112,11 +112,15 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
         None
     };
     let work = tempfile::tempdir()?;
-    // Run a private copy: a rebuild of the shared target/ during the run
-    // must not change the router between scenarios.
-    let binary = work.path().join("broadcast-router");
-    std::fs::copy(&options.router, &binary)
-        .with_context(|| format!("cannot copy {}", options.router.display()))?;
+    // Run private copies: a rebuild of the shared target/ during the run
+    // must not change a router between scenarios.
+    let mut binaries = Vec::new();
+    for (index, router) in options.routers.iter().enumerate() {
+        let binary = work.path().join(format!("broadcast-router-{index}"));
+        std::fs::copy(router, &binary)
+            .with_context(|| format!("cannot copy {}", router.display()))?;
+        binaries.push((router.display().to_string(), binary));
+    }
     let ids = Arc::new(AtomicU64::new(1));
     let mut report = Report {
         started: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
@@ -145,6 +149,16 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
         ));
         for &body_len in &options.bodies {
             let body = json_body(body_len);
+            let single = Load {
+                clients: options.clients,
+                duration: options.duration,
+                body: body.clone(),
+            };
+            let direct_pod = one_pod(&single, options.warmup, &pods, &ids).await;
+            progress(&format!(
+                "P={count} body={body_len} one pod directly: {}",
+                summary(&direct_pod)
+            ));
             for &policy in &options.policies {
                 let direct = Target::Direct {
                     urls: pods
@@ -165,7 +179,11 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
                 let (baseline, _) = measure(&direct, &load, &pods, &ids).await;
                 progress(&format!("{label} baseline: {}", summary(&baseline)));
                 let baseline_probe = probe(&direct, &load, options.probe, &pods, &ids).await;
-                for &plugins in &options.plugins {
+                for (&plugins, (build, binary)) in options
+                    .plugins
+                    .iter()
+                    .flat_map(|plugins| binaries.iter().map(move |binary| (plugins, binary)))
+                {
                     let config = router_config(
                         dns.addr(),
                         pods.port,
@@ -176,19 +194,26 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
                         plugin_dir.as_deref(),
                     );
                     let dir = work.path().join(format!(
-                        "p{count}-{}-{}-{body_len}",
+                        "p{count}-{}-{}-{body_len}-{}",
                         policy.name(),
-                        plugins.name()
+                        plugins.name(),
+                        binary
+                            .file_name()
+                            .map(|name| name.to_string_lossy().into_owned())
+                            .unwrap_or_default()
                     ));
                     std::fs::create_dir_all(&dir)?;
                     let (router, router_probe, process) =
-                        through_router(options, &binary, &config, &dir, &load, &pods, &ids).await?;
+                        through_router(options, binary, &config, &dir, &load, &pods, &ids).await?;
+                    let loopback_share = router.broadcasts_per_s * count as f64
+                        / direct_pod.broadcasts_per_s.max(f64::MIN_POSITIVE);
                     progress(&format!(
-                        "{label} plugins={} router: {} ({:.0}% of baseline; {:.0} µs CPU/bcast, peak {} MiB)",
+                        "{label} plugins={} router {build}: {} ({:.0}% of baseline, {:.0}% of the loopback limit; {:.0} µs CPU/bcast, peak {} MiB)",
                         plugins.name(),
                         summary(&router),
                         100.0 * router.broadcasts_per_s
                             / baseline.broadcasts_per_s.max(f64::MIN_POSITIVE),
+                        100.0 * loopback_share,
                         process.cpu_us_per_broadcast,
                         process.peak_rss_kib / 1024
                     ));
@@ -199,6 +224,9 @@ pub async fn run(options: &Options, progress: impl Fn(&str)) -> anyhow::Result<R
                         _ => None,
                     };
                     report.scenarios.push(Scenario {
+                        build: build.clone(),
+                        direct_pod: direct_pod.clone(),
+                        loopback_share,
                         pods: count,
                         policy: policy.name().to_owned(),
                         plugins: plugins.name().to_owned(),
@@ -295,6 +323,43 @@ async fn through_router(
         clean_exit: status.success(),
     };
     Ok((phase, probe_phase, process))
+}
+
+/// The same load sent straight to one pod, one request per "broadcast"
+/// (after a warm-up): what one pod can take on this machine, the unit of
+/// the loopback limit.
+async fn one_pod(load: &Load, warmup: Duration, pods: &Pods, ids: &Arc<AtomicU64>) -> Phase {
+    let target = Target::Router {
+        addr: pods.addrs[0],
+        path: "/bench".to_owned(),
+    };
+    if !warmup.is_zero() {
+        let warm = Load {
+            duration: warmup,
+            ..load.clone()
+        };
+        load::run(&target, &warm, ids).await;
+    }
+    let before = pods.tallies()[0];
+    let measured = load::run(&target, load, ids).await;
+    let seconds = measured.elapsed.as_secs_f64().max(1e-9);
+    let after = pods.tallies()[0];
+    Phase {
+        clients: load.clients,
+        elapsed_s: seconds,
+        broadcasts: measured.ok,
+        errors: measured.errors,
+        refused: measured.refused,
+        first_error: measured.first_error.clone(),
+        broadcasts_per_s: measured.ok as f64 / seconds,
+        deliveries: after.count - before.count,
+        deliveries_per_s: (after.count - before.count) as f64 / seconds,
+        latency_us: load::Percentiles::of(&measured.latencies),
+        exactly_once: after.since(before) == measured.issued,
+        harness_cpu_us_per_broadcast: 0.0,
+        window_s: seconds,
+        other_cpu_cores: 0.0,
+    }
 }
 
 /// Unmeasured load, then waits for the pods to have every copy.

@@ -39,9 +39,17 @@ pub struct Report {
     pub scenarios: Vec<Scenario>,
 }
 
-/// One point of the matrix: pods × policy × plugins × body size.
+/// One point of the matrix: pods × policy × plugins × body size × router
+/// build.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Scenario {
+    /// The router binary measured (its path as given).
+    pub build: String,
+    /// The same load straight to one pod: the unit of the loopback limit.
+    pub direct_pod: Phase,
+    /// Router broadcasts/s × pods ÷ one pod's requests/s: the share of
+    /// the loopback limit the router reaches.
+    pub loopback_share: f64,
     /// Pods per broadcast.
     pub pods: usize,
     /// `all` or `first`.
@@ -178,20 +186,28 @@ impl Report {
              on the same pods):\n\n",
         );
         page.push_str(
-            "| pods | policy | plugins | body | router bcast/s | baseline bcast/s | ratio | \
+            "The loopback limit is what the pods can take: the same load sent straight to one \
+             pod answers `one pod req/s`, so P pods take at most that ÷ P broadcasts/s; \
+             `share` = router bcast/s × P ÷ one pod req/s.\n\n",
+        );
+        page.push_str(
+            "| router | pods | policy | plugins | body | router bcast/s | one pod req/s | share of loopback limit | baseline bcast/s | ratio | \
              deliveries/s | router p50 / p90 / p99 / max ms | baseline p50 ms | errors | once |\n",
         );
-        page.push_str("|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
+        page.push_str("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|\n");
         for s in &self.scenarios {
             let l = s.router.latency_us;
             let _ = writeln!(
                 page,
-                "| {} | {} | {} | {} | {:.0} | {:.0} | **{:.0}%** | {:.0} | {} / {} / {} / {} | {} | {} | {} |",
+                "| `{}` | {} | {} | {} | {} | {:.0} | {:.0} | **{:.0}%** | {:.0} | {:.0}% | {:.0} | {} / {} / {} / {} | {} | {} | {} |",
+                s.build,
                 s.pods,
                 s.policy,
                 s.plugins,
                 size(s.body_bytes),
                 s.router.broadcasts_per_s,
+                s.direct_pod.broadcasts_per_s,
+                s.loopback_share * 100.0,
                 s.baseline.broadcasts_per_s,
                 s.ratio * 100.0,
                 s.router.deliveries_per_s,
@@ -210,25 +226,33 @@ impl Report {
         }
         page.push_str("\nUnloaded latency (one client) and the router process (loaded phase):\n\n");
         page.push_str(
-            "| pods | policy | plugins | body | router p50 ms (1 client) | baseline p50 ms (1 client) | \
+            "| router | pods | policy | plugins | body | router p50 / p99 ms (1 client) | baseline p50 ms (1 client) | \
              added p50 µs | router CPU µs/bcast | router cores | peak RSS MiB | max in flight | \
              KiB per in-flight bcast | clean exit | other load (cores) |\n",
         );
-        page.push_str("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+        page.push_str("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
         for s in &self.scenarios {
             let probe = |phase: &Option<Phase>| {
                 phase
                     .as_ref()
                     .map_or("—".to_owned(), |phase| ms(phase.latency_us.p50))
             };
+            let probe_p99 = s.router_probe.as_ref().map_or("—".to_owned(), |phase| {
+                format!(
+                    "{} / {}",
+                    ms(phase.latency_us.p50),
+                    ms(phase.latency_us.p99)
+                )
+            });
             let _ = writeln!(
                 page,
-                "| {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {} | {:.0} | {} | {:.2} |",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {} | {:.0} | {} | {:.2} |",
+                s.build,
                 s.pods,
                 s.policy,
                 s.plugins,
                 size(s.body_bytes),
-                probe(&s.router_probe),
+                probe_p99,
                 probe(&s.baseline_probe),
                 s.added_p50_us
                     .map_or("—".to_owned(), |us| format!("{us:.0}")),

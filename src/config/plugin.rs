@@ -26,6 +26,9 @@ pub struct PluginConfig {
     /// Most CPU time one hook call may take.
     #[serde(default = "default_hook_timeout", with = "humantime_serde")]
     pub hook_timeout: Duration,
+    /// Whether each broadcast gets a fresh instance or reuses one.
+    #[serde(default)]
+    pub instances: Instances,
     /// Where the table is in the file (set while loading).
     #[serde(skip)]
     pub location: Location,
@@ -40,6 +43,21 @@ pub enum OnError {
     FailClosed,
     /// Carry on as if the plugin were absent.
     FailOpen,
+}
+
+/// Whether a plugin's instances live for one broadcast or many.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Instances {
+    /// A fresh instance per broadcast, `init` run on it: no state survives
+    /// from one broadcast to the next.
+    #[default]
+    Fresh,
+    /// Instances are kept between broadcasts, `init` run once per
+    /// instance: state survives from one broadcast to the next (a broadcast
+    /// gets any idle instance of the route's entry). An instance that traps
+    /// or returns an error is discarded.
+    Reuse,
 }
 
 /// One entry of a route's `plugins` chain.

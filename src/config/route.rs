@@ -345,16 +345,18 @@ fn default_report_retry_for() -> Duration {
 /// dots, optionally ending in a dot (which skips the search list).
 pub fn valid_service_name(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            (1..=63).contains(&label.len())
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
+    !name.is_empty() && name.len() <= 253 && name.split('.').all(is_lowercase_label)
+}
+
+/// Whether `label` is one lowercase DNS label: 1 to 63 letters, digits and
+/// `-`, neither first nor last a `-`.
+pub fn is_lowercase_label(label: &str) -> bool {
+    (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-')
 }
 
 /// Parses one `targets` entry: `"ip:port"`, `"[v6]:port"`, or a bare IP

@@ -14,7 +14,9 @@ use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Stor
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{self, Hooks, PluginPre};
-use crate::config::{Config, OnError, PluginConfig};
+use super::output::{CallOutput, Output};
+use super::run_plugins;
+use crate::config::{Config, Instances, OnError, PluginConfig};
 
 /// How often the epoch advances; hook timeouts are counted in these ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -48,8 +50,12 @@ pub struct LoadedPlugin {
     pub memory: usize,
     /// Its CPU budget per hook call.
     pub hook_timeout: Duration,
+    /// Whether its instances are kept between broadcasts.
+    pub instances: Instances,
     pre: PluginPre<HostState>,
-    engine: Engine,
+    /// The compiled component (for `plugin inspect`).
+    pub(super) component: Component,
+    pub(super) engine: Engine,
     /// Keeps the epoch advancing while any plugin can still run.
     _ticker: Arc<EpochTicker>,
 }
@@ -130,10 +136,17 @@ impl PluginHost {
         let bytes = std::fs::read(&config.path)
             .map_err(|error| format!("cannot read {}: {error}", config.path.display()))?;
         let component = Component::from_binary(&self.engine, &bytes).map_err(|error| {
-            format!(
-                "{} is not a loadable component: {error:#}",
-                config.path.display()
-            )
+            let error = format!("{error:#}");
+            if error.contains("minimum byte size") {
+                // The pooling allocator's words for "memory too small".
+                format!(
+                    "{} needs more memory at start than its `memory` cap ({}) allows; raise `memory` (Python plugins start at about 13MiB, JavaScript ones at about 9MiB): {error}",
+                    config.path.display(),
+                    config.memory
+                )
+            } else {
+                format!("{} is not a loadable component: {error}", config.path.display())
+            }
         })?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             format!(
@@ -143,7 +156,7 @@ impl PluginHost {
         })?;
         let pre = PluginPre::new(instance_pre).map_err(|error| {
             format!(
-                "{} does not implement the broadcast:plugin@0.1.0 world: {error:#}",
+                "{} does not export the `plugin` world of broadcast:plugin@0.1.0: {error:#}",
                 config.path.display()
             )
         })?;
@@ -153,17 +166,26 @@ impl PluginHost {
             on_error: config.on_error,
             memory: usize::try_from(config.memory.as_u64()).unwrap_or(usize::MAX),
             hook_timeout: config.hook_timeout,
+            instances: config.instances,
             pre,
+            component: component.clone(),
             engine: self.engine.clone(),
             _ticker: Arc::clone(&self.ticker),
         };
-        let (mut store, instance) = plugin
-            .instantiate("load", "-")
-            .map_err(|error| format!("cannot be instantiated: {error:#}"))?;
-        store.set_epoch_deadline(ticks(config.hook_timeout));
-        plugin.hooks = instance
-            .call_hooks(&mut store)
-            .map_err(|error| format!("trapped in `hooks`: {error:#}"))?;
+        plugin.hooks = run_plugins(|| {
+            let (mut store, instance) = plugin
+                .instantiate_within("load", "-", LOAD_BUDGET.max(config.hook_timeout))
+                .map_err(|error| {
+                    format!(
+                        "cannot be instantiated: {}",
+                        explain(&error, &CallOutput::default())
+                    )
+                })?;
+            let hooks = instance.call_hooks(&mut store);
+            let output = store.data().output.take();
+            output.log(name, "-", "-", "load");
+            hooks.map_err(|error| format!("trapped in `hooks`: {}", explain(&error, &output)))
+        })?;
         tracing::info!(
             plugin = name,
             path = %config.path.display(),
@@ -208,15 +230,40 @@ impl LoadedPlugin {
     /// well-behaved plugin, while one that never returns is still stopped.
     pub(super) fn check_init(&self, config: &str) -> Result<(), String> {
         let budget = LOAD_BUDGET.max(self.hook_timeout);
-        let (mut store, instance) = self
-            .instantiate_within("check", "-", budget)
-            .map_err(|error| format!("cannot be instantiated: {error:#}"))?;
-        store.set_epoch_deadline(ticks(budget));
-        match instance.call_init(&mut store, config) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(format!("rejected its config: {message}")),
-            Err(error) => Err(format!("trapped in `init`: {error:#}")),
-        }
+        run_plugins(|| {
+            let (mut store, instance) =
+                self.instantiate_within("check", "-", budget)
+                    .map_err(|error| {
+                        format!(
+                            "cannot be instantiated: {}",
+                            explain(&error, &CallOutput::default())
+                        )
+                    })?;
+            store.set_epoch_deadline(ticks(budget));
+            let result = instance.call_init(&mut store, config);
+            let output = store.data().output.take();
+            output.log(&self.name, "check", "-", "init");
+            match result {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(message)) => Err(format!("rejected its config: {message}")),
+                Err(error) => Err(format!("trapped in `init`: {}", explain(&error, &output))),
+            }
+        })
+    }
+}
+
+/// A trap's message, followed by the end of what the plugin wrote to
+/// stderr (or stdout) during the call: a Python traceback, a JavaScript
+/// error's message.
+pub(super) fn explain(error: &wasmtime::Error, output: &CallOutput) -> String {
+    // A trap's own message, without the wasm backtrace around it.
+    let error = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    match output.quote() {
+        Some(quote) => format!("{error}; the plugin wrote:\n{quote}"),
+        None => error,
     }
 }
 
@@ -266,9 +313,13 @@ pub(super) struct HostState {
     wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(super) limiter: MemoryLimiter,
+    /// The plugin's stdout and stderr, drained after every call.
+    pub(super) output: Output,
     plugin: Arc<str>,
-    route: Arc<str>,
-    broadcast_id: Arc<str>,
+    /// The route the instance serves (for log lines).
+    pub(super) route: Arc<str>,
+    /// The broadcast the instance serves now (for log lines).
+    pub(super) broadcast_id: Arc<str>,
 }
 
 impl HostState {
@@ -277,6 +328,7 @@ impl HostState {
             wasi: None,
             table: ResourceTable::new(),
             limiter: MemoryLimiter::new(plugin.memory),
+            output: Output::default(),
             plugin: plugin.name.clone(),
             route: route.into(),
             broadcast_id: broadcast_id.into(),
@@ -286,9 +338,13 @@ impl HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        // No preopened directories, no environment, no sockets, no stdio.
+        // No preopened directories, no environment, no sockets; stdout
+        // and stderr go to memory, and from there to the log.
+        let output = &self.output;
         let ctx = self.wasi.get_or_insert_with(|| {
             WasiCtx::builder()
+                .stdout(output.stdout())
+                .stderr(output.stderr())
                 .allow_tcp(false)
                 .allow_udp(false)
                 .allow_ip_name_lookup(false)
@@ -335,6 +391,10 @@ pub(super) struct MemoryLimiter {
     limits: wasmtime::StoreLimits,
     cap: usize,
     pub(super) exceeded: bool,
+    /// The size the first memory was created with.
+    initial: Option<usize>,
+    /// The largest size any memory grew to.
+    peak: usize,
 }
 
 impl MemoryLimiter {
@@ -348,7 +408,18 @@ impl MemoryLimiter {
                 .build(),
             cap,
             exceeded: false,
+            initial: None,
+            peak: 0,
         }
+    }
+
+    /// Whether the instance has used more than half of the room it had
+    /// above its initial memory: a reused instance whose heap keeps growing
+    /// (a garbage collector that never returns memory) is retired before
+    /// it hits the cap and fails a broadcast.
+    pub(super) fn past_half(&self) -> bool {
+        let initial = self.initial.unwrap_or(0);
+        self.peak.saturating_sub(initial) > self.cap.saturating_sub(initial) / 2
     }
 }
 
@@ -360,6 +431,12 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if current == 0 && self.initial.is_none() {
+            self.initial = Some(desired);
+        }
+        if allowed {
+            self.peak = self.peak.max(desired);
+        }
         if !allowed {
             self.exceeded = true;
             wasmtime::bail!(

@@ -15,8 +15,9 @@ use wasmtime::Store;
 use super::Link;
 use super::bindings::{self, Hooks, InvalidOutput, LentHeaders, RequestHead};
 use super::host::{HostState, ticks};
+use super::output::CallOutput;
 use crate::aggregate::PluginVerdict;
-use crate::config::OnError;
+use crate::config::{Instances, OnError};
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::delivery::{Delivery, PodRequest};
@@ -95,11 +96,66 @@ struct Member {
     state: State,
 }
 
+/// A plugin instance with its store, `init` done.
+pub(super) type Running = Box<(Store<HostState>, bindings::Plugin)>;
+
 enum State {
     NotStarted,
-    Running(Box<(Store<HostState>, bindings::Plugin)>),
+    Running(Running),
     /// Failed earlier in this broadcast (fail-open): skipped from now on.
     Out,
+}
+
+/// Instances of one chain link kept between broadcasts
+/// (`instances = "reuse"`), `init` done, none of them failed.
+#[derive(Default)]
+pub(super) struct Idle {
+    instances: std::sync::Mutex<Vec<Running>>,
+}
+
+/// Idle instances kept per chain link at most; more are dropped.
+const IDLE_CAP: usize = 32;
+
+impl Idle {
+    fn take(&self) -> Option<Running> {
+        self.instances
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop()
+    }
+
+    fn put(&self, running: Running) {
+        let mut instances = self
+            .instances
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if instances.len() < IDLE_CAP {
+            instances.push(running);
+        }
+    }
+}
+
+impl Drop for Session {
+    /// Instances of `instances = "reuse"` plugins that did not fail go
+    /// back to their link's idle list, unless their memory grew past half
+    /// of its headroom; the others are dropped.
+    fn drop(&mut self) {
+        for member in &mut self.members {
+            if member.link.plugin.instances == Instances::Reuse
+                && let State::Running(running) = std::mem::replace(&mut member.state, State::Out)
+            {
+                if running.0.data().limiter.past_half() {
+                    tracing::debug!(
+                        route = %self.route,
+                        plugin = %member.link.plugin.name,
+                        "Reused plugin instance retired: it used more than half of its memory headroom."
+                    );
+                } else {
+                    member.link.idle.put(running);
+                }
+            }
+        }
+    }
 }
 
 impl Session {
@@ -322,15 +378,32 @@ impl Session {
         }
         let result = (|| {
             if matches!(member.state, State::NotStarted) {
-                let (mut store, instance) = plugin
-                    .instantiate(&route, &broadcast_id)
-                    .map_err(|error| Cause::Trap(format!("cannot be instantiated: {error:#}")))?;
-                match instance.call_init(&mut store, &member.link.config) {
-                    Ok(Ok(())) => {}
-                    Ok(Err(message)) => return Err(Cause::Returned(message)),
-                    Err(error) => return Err(classify(&store, &error)),
-                }
-                member.state = State::Running(Box::new((store, instance)));
+                let reused = match plugin.instances {
+                    Instances::Reuse => member.link.idle.take(),
+                    Instances::Fresh => None,
+                };
+                let running = match reused {
+                    Some(mut running) => {
+                        running.0.data_mut().broadcast_id = broadcast_id.clone();
+                        running
+                    }
+                    None => {
+                        let (mut store, instance) =
+                            plugin.instantiate(&route, &broadcast_id).map_err(|error| {
+                                Cause::Trap(format!("cannot be instantiated: {error:#}"))
+                            })?;
+                        let init = instance.call_init(&mut store, &member.link.config);
+                        let output = store.data().output.take();
+                        output.log(&plugin.name, &route, &broadcast_id, "init");
+                        match init {
+                            Ok(Ok(())) => {}
+                            Ok(Err(message)) => return Err(Cause::Returned(message)),
+                            Err(error) => return Err(classify(&store, &error, &output)),
+                        }
+                        Box::new((store, instance))
+                    }
+                };
+                member.state = State::Running(running);
             }
             let State::Running(running) = &mut member.state else {
                 return Ok(None);
@@ -338,12 +411,15 @@ impl Session {
             let (store, instance) = &mut **running;
             let remaining = deadline.saturating_duration_since(Instant::now());
             store.set_epoch_deadline(ticks(plugin.hook_timeout.min(remaining)));
-            match invoke(instance, store) {
+            let result = invoke(instance, store);
+            let output = store.data().output.take();
+            output.log(&plugin.name, &route, &broadcast_id, hook_name);
+            match result {
                 Ok(Ok(value)) => check(value)
                     .map(Some)
                     .map_err(|invalid| Cause::Invalid(invalid.0)),
                 Ok(Err(message)) => Err(Cause::Returned(message)),
-                Err(error) => Err(classify(store, &error)),
+                Err(error) => Err(classify(store, &error, &output)),
             }
         })();
         match result {
@@ -380,13 +456,18 @@ fn address_of<'a>(addresses: &'a [Option<String>], target: &Target) -> &'a str {
         .expect("take_addresses wrote every target's address")
 }
 
-fn classify(store: &Store<HostState>, error: &wasmtime::Error) -> Cause {
+fn classify(store: &Store<HostState>, error: &wasmtime::Error, output: &CallOutput) -> Cause {
     if store.data().limiter.exceeded {
         return Cause::Memory;
     }
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => Cause::Timeout,
-        Some(trap) => Cause::Trap(trap.to_string()),
-        None => Cause::Trap(format!("{error:#}")),
+    let trap = match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => return Cause::Timeout,
+        Some(trap) => trap.to_string(),
+        None => format!("{error:#}"),
+    };
+    // The guest's own words: a Python traceback, a JavaScript error.
+    match output.quote() {
+        Some(quote) => Cause::Trap(format!("{trap}; the plugin wrote:\n{quote}")),
+        None => Cause::Trap(trap),
     }
 }

@@ -1,0 +1,70 @@
+// A complete minimal broadcast-router plugin in JavaScript: copy this folder.
+//
+// - select-targets: every pod except those listed in the config's `skip`;
+// - transform: sets `x-plugin-tag` on each pod's copy when `tag` is set;
+// - aggregate: ok when every pod answered 2xx (200, else 502), with a JSON
+//   summary as the body.
+//
+// Errors: throw a string or an Error from a hook wrapped in `hook(...)`: it
+// becomes the hook's error, with the message. (componentize-js itself can
+// only return a thrown string; an Error thrown outside `hook` traps, and
+// its message is lost.)
+import { log } from "broadcast:plugin/log@0.1.0";
+
+// The route's `config` table, parsed once per instance in init.
+let config = {};
+
+export function hooks() {
+  return { selectTargets: true, transform: true, aggregate: true };
+}
+
+export const init = hook((text) => {
+  config = JSON.parse(text);
+  const unknown = Object.keys(config).filter((key) => !["skip", "tag"].includes(key));
+  if (unknown.length > 0) {
+    throw new Error(`unknown config keys: ${unknown.join(", ")}`);
+  }
+});
+
+export const selectTargets = hook((head, targets) => {
+  const skip = config.skip ?? [];
+  const kept = [];
+  targets.forEach((target, position) => {
+    if (!skip.includes(target.address)) {
+      kept.push(position);
+    }
+  });
+  log("debug", "selected", [["kept", String(kept.length)]]);
+  return kept;
+});
+
+export const transform = hook((request, target) => {
+  const setHeaders = [];
+  if (config.tag !== undefined) {
+    setHeaders.push({ name: "x-plugin-tag", value: String(config.tag) });
+  }
+  return { setHeaders, removeHeaders: [], path: undefined, body: undefined };
+});
+
+export const aggregate = hook((head, outcomes) => {
+  const answered = outcomes.filter((outcome) => outcome.error === undefined).length;
+  const ok = answered === outcomes.length;
+  const body = JSON.stringify({ ok, answered, pods: outcomes.length });
+  return {
+    ok,
+    status: ok ? 200 : 502,
+    contentType: "application/json",
+    body: new TextEncoder().encode(body),
+  };
+});
+
+// Turns anything a hook throws into the hook's error message.
+function hook(body) {
+  return (...args) => {
+    try {
+      return body(...args);
+    } catch (error) {
+      throw typeof error === "string" ? error : String(error?.message ?? error);
+    }
+  };
+}

@@ -1,0 +1,100 @@
+// probe-javascript: for the router's tests only. A plugin that does, on
+// demand, what a JavaScript plugin author may do: print, return an error,
+// throw, filter, transform, aggregate, keep state between broadcasts.
+//
+// Config (all optional):
+//   say          text written with console.log in init and every hook
+//   fail_in      a hook ("init", "select-targets", "transform", "aggregate")
+//                that returns an error (throws a string)
+//   throw_in     a hook that throws an Error; the hooks are wrapped as the
+//                template's are, so it becomes the hook's error, with the
+//                Error's message
+//   raw_throw_in a hook whose Error is let through unwrapped: componentize-js
+//                traps, writing what it can to stderr
+//   exclude      pod addresses select-targets leaves out
+// and, per request, the header `x-probe-fail: HOOK` makes HOOK return an
+// error.
+import { log } from "broadcast:plugin/log@0.1.0";
+
+let config = {};
+// Broadcasts this instance has seen: above 1 only with instances = "reuse".
+let broadcasts = 0;
+
+function act(hook, head) {
+  if (config.say !== undefined) {
+    console.log(`${config.say} (${hook})`);
+  }
+  if (config.fail_in === hook) {
+    throw `probe-javascript: asked to fail in ${hook}`;
+  }
+  if (config.throw_in === hook || config.raw_throw_in === hook) {
+    throw new Error(`probe-javascript: thrown in ${hook}`);
+  }
+  const fail = head?.headers.find((header) => header.name === "x-probe-fail");
+  if (fail?.value === hook) {
+    throw `probe-javascript: asked by the request to fail in ${hook}`;
+  }
+}
+
+export function hooks() {
+  return { selectTargets: true, transform: true, aggregate: true };
+}
+
+export const init = hook("init", (text) => {
+  config = JSON.parse(text);
+  act("init");
+});
+
+export const selectTargets = hook("select-targets", (head, targets) => {
+  broadcasts += 1;
+  act("select-targets", head);
+  log("debug", "selecting", [["targets", String(targets.length)]]);
+  const exclude = config.exclude ?? [];
+  const kept = [];
+  targets.forEach((target, position) => {
+    if (!exclude.includes(target.address)) {
+      kept.push(position);
+    }
+  });
+  return kept;
+});
+
+export const transform = hook("transform", (request, target) => {
+  act("transform", request.head);
+  return {
+    setHeaders: [{ name: "x-probe", value: `javascript ${target.address}` }],
+    removeHeaders: [],
+    path: undefined,
+    body: undefined,
+  };
+});
+
+export const aggregate = hook("aggregate", (head, outcomes) => {
+  act("aggregate", head);
+  const answered = outcomes.filter((outcome) => outcome.error === undefined).length;
+  const body = JSON.stringify({
+    probe: "javascript",
+    answered,
+    pods: outcomes.length,
+    broadcasts,
+  });
+  return {
+    ok: answered === outcomes.length,
+    status: 200,
+    contentType: "application/json",
+    body: new TextEncoder().encode(body),
+  };
+});
+
+// As in the template: anything a hook throws becomes its error message,
+// unless the config asks for the raw behaviour.
+function hook(name, body) {
+  return (...args) => {
+    try {
+      return body(...args);
+    } catch (error) {
+      if (typeof error === "string" || config.raw_throw_in === name) throw error;
+      throw String(error?.message ?? error);
+    }
+  };
+}
