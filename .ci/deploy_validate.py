@@ -7,7 +7,9 @@
    kubernetes-validate package ships: nothing is downloaded. An object whose
    kind and apiVersion have no schema in that version is an error too.
 2. Checks a schema cannot express: selectors select their pods, named ports
-   exist, ConfigMaps fit in 1 MiB, the router's shutdown_grace plus its
+   exist, ConfigMaps fit in 1 MiB, role bindings grant the router's
+   ServiceAccount list and watch on EndpointSlices and nothing else (and
+   its token is mounted exactly when a role is bound), the router's shutdown_grace plus its
    preStop sleep fit in terminationGracePeriodSeconds.
 3. With --layout DIR, where DIR holds the image's files (etc/broadcast-router/
    plugins/…), mounts the router pod's ConfigMap volumes there the way the
@@ -131,10 +133,45 @@ def consistency_problems(objects):
             selector = obj["spec"][field].get("matchLabels", {})
             if not any(selects(selector, labels) for _, labels, _ in pods):
                 problems.append(f"{name(obj)}: its {field} matches no rendered pods")
+    problems += rbac_problems(objects, workloads)
     for config_map in config_maps.values():
         size = len(yaml.safe_dump(config_map).encode())
         if size > CONFIG_MAP_LIMIT * 0.95:
             problems.append(f"{name(config_map)}: {size} bytes, too close to the 1 MiB limit")
+    return problems
+
+
+def rbac_problems(objects, workloads):
+    """Bindings to the router's ServiceAccount grant exactly `list` and
+    `watch` on EndpointSlices, name a rendered role, and come with a mounted
+    token; without bindings the router has no token at all."""
+    problems = []
+    roles = {(o["kind"], o["metadata"]["name"]): o for o in objects if o["kind"] in ("Role", "ClusterRole")}
+    bindings = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    for binding in bindings:
+        ref = binding["roleRef"]
+        role = roles.get((ref["kind"], ref["name"]))
+        if role is None:
+            problems.append(f"{name(binding)}: its roleRef {ref['kind']}/{ref['name']} is not rendered")
+            continue
+        for subject in binding.get("subjects", []):
+            if subject["kind"] != "ServiceAccount" or subject["name"] != ROUTER:
+                problems.append(f"{name(binding)}: binds {subject['kind']}/{subject['name']}, not the router's ServiceAccount")
+            if binding["kind"] == "RoleBinding" and not subject.get("namespace"):
+                problems.append(f"{name(binding)}: its subject names no namespace")
+        for rule in role.get("rules", []):
+            granted = (rule.get("apiGroups"), rule.get("resources"), sorted(rule.get("verbs", [])))
+            if granted != (["discovery.k8s.io"], ["endpointslices"], ["list", "watch"]):
+                problems.append(f"{name(role)}: grants {granted}, more or other than list and watch on endpointslices")
+    accounts = [o for o in objects if o["kind"] == "ServiceAccount" and o["metadata"]["name"] == ROUTER]
+    routers = [d for d in workloads if d["metadata"]["name"] == ROUTER]
+    tokens = [o.get("automountServiceAccountToken", True) for o in accounts] + [
+        d["spec"]["template"]["spec"].get("automountServiceAccountToken", True) for d in routers
+    ]
+    if bindings and not all(tokens):
+        problems.append("the router's ServiceAccount is bound to a role, but its token is not mounted")
+    if not bindings and any(tokens):
+        problems.append("the router mounts a ServiceAccount token it has no use for (no role is bound)")
     return problems
 
 

@@ -70,6 +70,7 @@ async fn measure(store: &dyn JobStore, name: &'static str, jobs: usize) -> Figur
             addr: SocketAddr::from(([10, 0, 0, 1 + index as u8], 8080)),
             service: None,
             index,
+            pod: None,
         })
         .collect();
     let requests = vec![request; targets.len()];

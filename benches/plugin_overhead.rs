@@ -70,6 +70,7 @@ impl Broadcast {
                 addr: SocketAddr::from(([127, 0, 0, 2 + index as u8], 8080)),
                 service: None,
                 index,
+                pod: None,
             })
             .collect();
         let outcomes = (0..PODS)

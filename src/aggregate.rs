@@ -42,6 +42,10 @@ pub struct Report {
 pub struct DeliveryReport {
     /// The pod's address (`ip:port`, IPv6 in brackets).
     pub target: String,
+    /// The pod's name, when the Kubernetes API named it (`kubernetes`
+    /// routes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// The HTTP status of the last attempt, if the pod answered at all.
     pub status: Option<u16>,
     /// Attempts made so far.
@@ -135,6 +139,11 @@ impl Report {
     }
 }
 
+/// The name the Kubernetes API gave the pod behind `target`, if any.
+fn pod_name(target: &Target) -> Option<String> {
+    target.pod_name().map(str::to_owned)
+}
+
 impl DeliveryReport {
     /// One pod's finished delivery.
     pub fn from_delivery(target: &Target, delivery: &Delivery) -> Self {
@@ -147,6 +156,7 @@ impl DeliveryReport {
         };
         Self {
             target: target.to_string(),
+            pod: pod_name(target),
             status: delivery.status.map(|status| status.as_u16()),
             attempts: delivery.attempts,
             latency_ms: (delivery.latency.as_secs_f64() * 1e6).round() / 1e3,
@@ -159,9 +169,19 @@ impl DeliveryReport {
     }
 
     /// A delivery still running (or not started) to `target`.
-    pub fn pending(target: &impl std::fmt::Display) -> Self {
+    pub fn pending(target: &Target) -> Self {
         Self {
-            target: target.to_string(),
+            pod: pod_name(target),
+            ..Self::pending_at(target)
+        }
+    }
+
+    /// A delivery still running (or not started) to the pod at `address`,
+    /// whose name is not known.
+    pub fn pending_at(address: &impl std::fmt::Display) -> Self {
+        Self {
+            target: address.to_string(),
+            pod: None,
             status: None,
             attempts: 0,
             latency_ms: 0.0,

@@ -17,6 +17,7 @@
 //! the report's delivery recorded as they happen ([`job`]); a job left
 //! unfinished by a crash is resumed with [`Broadcaster::resume`].
 
+mod in_flight;
 mod job;
 pub mod report_to;
 mod udp;
@@ -33,7 +34,8 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::aggregate::{Report, Verdict};
-use crate::config::{DnsConfig, Mode};
+use crate::config::{DnsConfig, KubernetesConfig, Mode};
+use crate::discovery::kubernetes::{WatchKey, Watches};
 use crate::discovery::{Discovery, DiscoveryError, dns::LookupError};
 use crate::fanout::udp::UdpSender;
 use crate::fanout::{Delivery, Fanout, PodRequest};
@@ -45,6 +47,7 @@ use crate::plugin::{PluginFailure, Session, run_plugins};
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::target::Target;
+use in_flight::InFlight;
 
 /// Runs broadcasts: discovery, fan-out and aggregation, with the state they
 /// share (DNS cache, HTTP client pool, running tasks).
@@ -174,19 +177,22 @@ pub enum SetupError {
 
 impl Broadcaster {
     /// Builds the shared discovery and delivery machinery; the DNS
-    /// resolver only `with_dns` (some route names a `service`). At most
+    /// resolver only `with_dns` (some route names a `service`); no
+    /// EndpointSlice watch starts before [`Broadcaster::watch`]. At most
     /// `max_deliveries` pod deliveries are in flight at once; idle pod
     /// connections are kept for `pod_idle_timeout`. Every HTTP broadcast
     /// is a job in `jobs`.
     pub fn new(
         dns: &DnsConfig,
         with_dns: bool,
+        kubernetes: &KubernetesConfig,
         max_deliveries: usize,
         pod_idle_timeout: Duration,
         jobs: Arc<Jobs>,
     ) -> Result<Self, SetupError> {
+        let watches = Arc::new(Watches::new(kubernetes));
         Ok(Self {
-            discovery: Arc::new(Discovery::new(dns, with_dns)?),
+            discovery: Arc::new(Discovery::new(dns, with_dns, watches)?),
             dns: dns.clone(),
             with_dns,
             shared: Arc::new(Shared {
@@ -211,21 +217,30 @@ impl Broadcaster {
     /// The broadcaster of a reloaded configuration. It shares this one's
     /// HTTP client pool, UDP sequence and running broadcasts (draining
     /// either waits for both generations' broadcasts); its DNS cache is
-    /// this one's when the `[dns]` settings did not change. Idle pod
+    /// this one's when the `[dns]` settings did not change, and so are its
+    /// EndpointSlice watches when `[kubernetes]` did not. Idle pod
     /// connections are kept for `pod_idle_timeout` from now on.
     pub fn reconfigured(
         &self,
         dns: &DnsConfig,
         with_dns: bool,
+        kubernetes: &KubernetesConfig,
         pod_idle_timeout: Duration,
     ) -> Result<Self, SetupError> {
         self.shared.fanout.pods().set_idle_timeout(pod_idle_timeout);
-        let keep_cache = *dns == self.dns && (self.with_dns || !with_dns);
-        let (discovery, with_dns) = if keep_cache {
-            (Arc::clone(&self.discovery), self.with_dns)
+        let watches = self.discovery.kubernetes();
+        let watches = if watches.config() == kubernetes {
+            Arc::clone(watches)
         } else {
-            (Arc::new(Discovery::new(dns, with_dns)?), with_dns)
+            Arc::new(Watches::new(kubernetes))
         };
+        let keep_cache = *dns == self.dns && (self.with_dns || !with_dns);
+        let (discovery, with_dns) =
+            if keep_cache && Arc::ptr_eq(&watches, self.discovery.kubernetes()) {
+                (Arc::clone(&self.discovery), self.with_dns)
+            } else {
+                (Arc::new(Discovery::new(dns, with_dns, watches)?), with_dns)
+            };
         Ok(Self {
             discovery,
             dns: dns.clone(),
@@ -237,6 +252,13 @@ impl Broadcaster {
     /// The job store every broadcast is recorded in.
     pub fn jobs(&self) -> &Arc<Jobs> {
         &self.shared.jobs
+    }
+
+    /// Starts the EndpointSlice watches of the Services routes name
+    /// outright, so their first broadcast finds them listed; only those
+    /// are exempt from being stopped when idle.
+    pub fn watch(&self, services: Vec<WatchKey>) {
+        self.discovery.kubernetes().pin(services);
     }
 
     /// Discovers the route's pods, runs the route's plugins (selection and
@@ -362,6 +384,7 @@ impl Broadcaster {
                 None => succeeded += 1,
                 Some(error) => tracing::warn!(
                     target = %targets[index],
+                    pod = targets[index].pod_name().unwrap_or("-"),
                     attempts = delivery.attempts,
                     error = %error,
                     "Delivery failed."
@@ -502,33 +525,4 @@ fn prepare(
         plugins: Some((session, head)),
         reserved: Reserved::default(),
     })
-}
-
-/// Keeps a broadcast listed as running until dropped.
-struct InFlight<'a> {
-    registry: &'a Mutex<HashMap<u64, (String, Arc<str>)>>,
-    key: u64,
-}
-
-impl<'a> InFlight<'a> {
-    fn register(
-        registry: &'a Mutex<HashMap<u64, (String, Arc<str>)>>,
-        key: u64,
-        id: &str,
-        route: &Arc<str>,
-    ) -> Self {
-        registry
-            .lock()
-            .expect("in-flight lock")
-            .insert(key, (id.to_owned(), route.clone()));
-        Self { registry, key }
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        if let Ok(mut registry) = self.registry.lock() {
-            registry.remove(&self.key);
-        }
-    }
 }

@@ -14,7 +14,7 @@
 //!
 //! Every problem carries the line and column it refers to (see [`Problem`]).
 //! The schema is split by table: [`server`] (`[server]`, `[dns]`,
-//! `[tokens.NAME]`), [`route`] (`[[routes]]`), [`plugin`]
+//! `[kubernetes]`, `[tokens.NAME]`), [`route`] (`[[routes]]`), [`plugin`]
 //! (`[plugins.NAME]`) and [`jobs`] (`[jobs]`).
 
 pub mod jobs;
@@ -33,7 +33,9 @@ pub use plugin::{Instances, OnError, PluginConfig, PluginUse};
 pub use route::{
     Methods, Mode, PodHost, Protocol, RateLimitConfig, RouteConfig, RouteTable, Scheme, UdpConfig,
 };
-pub use server::{DnsConfig, NameServer, ServerConfig, ServerTlsConfig, TokenSetConfig};
+pub use server::{
+    DnsConfig, KubernetesConfig, NameServer, ServerConfig, ServerTlsConfig, TokenSetConfig,
+};
 
 /// A whole router configuration file, after successful validation.
 #[derive(Debug, Clone, Default)]
@@ -42,6 +44,8 @@ pub struct Config {
     pub server: ServerConfig,
     /// The `[dns]` table: how headless Services are resolved.
     pub dns: DnsConfig,
+    /// The `[kubernetes]` table: how `kubernetes` routes reach the API.
+    pub kubernetes: KubernetesConfig,
     /// The `[[routes]]` array: one entry per broadcast endpoint.
     pub routes: Vec<RouteConfig>,
     /// The `[plugins.NAME]` tables: Wasm plugins routes can use.
@@ -103,6 +107,9 @@ impl Config {
         }
         if let Some(path) = self.jobs.as_mut().and_then(|jobs| jobs.path.as_mut()) {
             resolve(path);
+        }
+        if let Some(kubeconfig) = self.kubernetes.kubeconfig.as_mut() {
+            resolve(kubeconfig);
         }
         if let Some(cache_dir) = self.server.plugin_cache_dir.as_mut() {
             resolve(cache_dir);

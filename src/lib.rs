@@ -9,8 +9,9 @@
 //!    ([`route`]) and the body size;
 //! 2. [`discovery`] turns the route's headless Service (or static list)
 //!    into targets, from a TTL-honouring DNS cache that serves stale
-//!    answers while DNS fails (more than the route's `max_targets` are
-//!    refused);
+//!    answers while DNS fails, or from the Service's EndpointSlices,
+//!    watched through the Kubernetes API (more than the route's
+//!    `max_targets` are refused);
 //! 3. [`plugin`] runs the route's Wasm plugins: they may narrow the targets
 //!    and change each pod's copy of the request;
 //! 4. [`broadcast`] runs the broadcast in its own task, where [`fanout`]

@@ -351,6 +351,7 @@ mod tests {
             addr: SocketAddr::from(([10, 0, 0, last], 80)),
             service: None,
             index: 0,
+            pod: None,
         };
         let (a, b) = (pod(1), pod(2));
         rates.take(std::slice::from_ref(&a)).expect("a: 2 left");

@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use crate::auth::{Guard, Tokens};
 use crate::config::{Config, Problems, Protocol};
+use crate::discovery::TargetSource;
+use crate::discovery::kubernetes::WatchKey;
 use crate::limit::Admission;
 use crate::plugin::{Chain, Plugins};
 use crate::route::Route;
@@ -95,6 +97,29 @@ impl Loaded {
             .iter()
             .map(|(name, plugin)| (name.clone(), plugin.path.clone()))
             .collect()
+    }
+
+    /// The Services `kubernetes` routes name outright (not templated),
+    /// each once.
+    pub fn kubernetes_services(&self) -> Vec<WatchKey> {
+        let mut keys: Vec<WatchKey> = self
+            .endpoints
+            .iter()
+            .filter_map(|endpoint| match &endpoint.route.source {
+                TargetSource::Kubernetes(source)
+                    if !source.service.contains(crate::route::SERVICE_PLACEHOLDER) =>
+                {
+                    Some(WatchKey {
+                        namespace: source.namespace.clone(),
+                        service: source.service.clone(),
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        keys.sort_by(|a, b| (&a.namespace, &a.service).cmp(&(&b.namespace, &b.service)));
+        keys.dedup();
+        keys
     }
 
     /// Whether some route finds its pods through DNS.

@@ -19,7 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use broadcast_receiver::{self as receiver, Forwarder, Receiver, ReceiverOptions, Sink};
 use broadcast_router::config::{Config, ConfigError};
-use broadcast_router::discovery::Discovery;
+use broadcast_router::discovery::kubernetes::Watches;
+use broadcast_router::discovery::{Discovery, TargetSource};
 use broadcast_router::load::Loaded;
 use broadcast_router::reload::{self, Reloader, Snapshot};
 use broadcast_router::route::Route;
@@ -335,10 +336,16 @@ async fn resolve(config: &Config, name: &str, service: Option<&str>) -> anyhow::
     };
     let route = Route::from_config(route);
     let service = route.service_name(service)?;
-    let discovery = Discovery::new(&config.dns, service.is_some())?;
+    let with_dns = matches!(route.source, TargetSource::Service { .. });
+    let watches = Arc::new(Watches::new(&config.kubernetes));
+    let discovery = Discovery::new(&config.dns, with_dns, watches)?;
     let targets = discovery.targets(&route.source, service.as_deref()).await?;
     for target in &targets {
-        println!("{target}");
+        // Pods found through the API are named after their address.
+        match target.pod_name() {
+            Some(pod) => println!("{target} {pod}"),
+            None => println!("{target}"),
+        }
     }
     eprintln!(
         "route {name}: {} target(s){}",

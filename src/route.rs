@@ -146,12 +146,15 @@ impl Route {
         }
     }
 
-    /// The DNS name to resolve for a request whose `{service}` capture is
-    /// `requested`, after checking it against the allow-list. Refusals
-    /// happen before any DNS query.
+    /// The DNS name to resolve (or, for a `kubernetes` route, the Service
+    /// to watch) for a request whose `{service}` capture is `requested`,
+    /// after checking it against the allow-list. Refusals happen before
+    /// any DNS query or watch.
     pub fn service_name(&self, requested: Option<&str>) -> Result<Option<String>, ServiceRefused> {
-        let TargetSource::Service { name, .. } = &self.source else {
-            return Ok(None);
+        let name = match &self.source {
+            TargetSource::Service { name, .. } => name,
+            TargetSource::Kubernetes(kubernetes) => &kubernetes.service,
+            TargetSource::Fixed(_) => return Ok(None),
         };
         if !name.contains(SERVICE_PLACEHOLDER) {
             return Ok(Some(name.clone()));

@@ -99,6 +99,9 @@ const DELIVERY_ATTEMPTS: &str = "broadcast_router_delivery_attempts_total";
 const DELIVERY_DURATION: &str = "broadcast_router_delivery_duration_seconds";
 const DNS_LOOKUPS: &str = "broadcast_router_dns_lookups_total";
 const DNS_STALE: &str = "broadcast_router_dns_stale_answers_total";
+const KUBE_EVENTS: &str = "broadcast_router_kubernetes_watch_events_total";
+const KUBE_STALE: &str = "broadcast_router_kubernetes_stale_answers_total";
+const KUBE_WATCHES: &str = "broadcast_router_kubernetes_watches";
 const REPORTS: &str = "broadcast_router_reports_total";
 const REPORT_RETRIES: &str = "broadcast_router_report_retries_total";
 const PLUGIN_FAILURES: &str = "broadcast_router_plugin_failures_total";
@@ -115,7 +118,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         BROADCASTS,
-        "Broadcasts by route and outcome (ok, failed, or why it was refused: no_targets, dns_error, refused, too_large, bad_request, unauthorized, forbidden, rate_limited, busy, overloaded, too_many_targets, loop, client_timeout, headers_too_large, plugin_error, none_selected)."
+        "Broadcasts by route and outcome (ok, failed, or why it was refused: no_targets, dns_error, kubernetes_error, refused, too_large, bad_request, unauthorized, forbidden, rate_limited, busy, overloaded, too_many_targets, loop, client_timeout, headers_too_large, plugin_error, none_selected)."
     );
     describe_gauge!(BROADCASTS_IN_FLIGHT, "Broadcasts currently running.");
     describe_histogram!(BROADCAST_TARGETS, "Pods per broadcast (fan-out width).");
@@ -185,6 +188,18 @@ fn describe() {
         "Time of one job store operation (a durable write for create and update), by store and operation."
     );
     describe_counter!(
+        KUBE_EVENTS,
+        "Kubernetes EndpointSlice watch events by outcome (listed, changed, error)."
+    );
+    describe_counter!(
+        KUBE_STALE,
+        "Broadcasts that used the last known EndpointSlices while their watch was failing."
+    );
+    describe_gauge!(
+        KUBE_WATCHES,
+        "EndpointSlice watches running (one per Service)."
+    );
+    describe_counter!(
         DNS_STALE,
         "Broadcasts that used a stale DNS answer because DNS was failing."
     );
@@ -234,6 +249,22 @@ pub fn dns_lookup(outcome: &'static str) {
 /// A stale DNS answer was used because DNS was failing.
 pub fn dns_stale_answer() {
     counter!(DNS_STALE).increment(1);
+}
+
+/// An EndpointSlice watch delivered something: `listed` (a full list),
+/// `changed` (one slice added, changed or removed) or `error`.
+pub fn kubernetes_watch_event(outcome: &'static str) {
+    counter!(KUBE_EVENTS, "outcome" => outcome).increment(1);
+}
+
+/// A broadcast used the last known EndpointSlices of a failing watch.
+pub fn kubernetes_stale_answer() {
+    counter!(KUBE_STALE).increment(1);
+}
+
+/// How many EndpointSlice watches run.
+pub fn kubernetes_watches(count: usize) {
+    gauge!(KUBE_WATCHES).set(count as f64);
 }
 
 /// A report was delivered to (or given up on by) a route's collector.

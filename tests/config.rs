@@ -527,6 +527,53 @@ fn a_relative_jobs_path_starts_at_the_configuration_files_directory() {
     );
 }
 
+/// The messages of every problem `text` has (it must have some).
+fn problems(text: &str) -> Vec<String> {
+    Config::parse(text)
+        .expect_err("the configuration has problems")
+        .0
+        .iter()
+        .map(|problem| problem.to_string())
+        .collect()
+}
+
+#[test]
+fn kubernetes_routes_are_checked_like_the_api_would() {
+    let valid = Config::parse(
+        "[kubernetes]\nmax_watches = 4\n\n[[routes]]\nname = \"a\"\npath = \"/a\"\nkubernetes = { service = \"web\", namespace = \"shop\", port = \"http\" }\nendpoints = \"ready\"\n\n[[routes]]\nname = \"b\"\npath = \"/b/{service}\"\nkubernetes = { service = \"{service}\", port = 8080 }\nallow_services = [\"web-*\"]\n",
+    )
+    .unwrap_or_else(|problems| panic!("{problems}"));
+    let source = valid.routes[0].source.to_string();
+    assert_eq!(source, "kubernetes shop/web:http (ready endpoints)");
+
+    let found = problems(
+        "[kubernetes]\nmax_watches = 0\n\n[[routes]]\nname = \"both\"\npath = \"/both\"\nservice = \"web\"\nport = 80\nkubernetes = { service = \"web\", port = \"http\" }\n\n[[routes]]\nname = \"bad\"\npath = \"/bad\"\nport = 80\nkubernetes = { service = \"Web\", namespace = \"-x\", port = \"a--b\" }\n\n[[routes]]\nname = \"dns\"\npath = \"/dns\"\nservice = \"web\"\nport = 80\nendpoints = \"serving\"\n\n[[routes]]\nname = \"open\"\npath = \"/open\"\nkubernetes = { service = \"{service}\", port = 70000 }\n",
+    );
+    let all = found.join("\n");
+    for expected in [
+        "`max_watches` must be at least 1",
+        "route \"both\": `service` and `kubernetes` are exclusive",
+        "route \"bad\": with `kubernetes`, the port goes inside the table",
+        "`kubernetes.service` `Web` is not a Service name",
+        "`kubernetes.namespace` `-x` is not a namespace name",
+        "`kubernetes.port` `a--b` is not a port name",
+        "route \"dns\": `endpoints` applies to `kubernetes` routes",
+        "route \"open\": a templated `kubernetes` needs a `{service}` capture in `path`",
+        "route \"open\": a templated `kubernetes` needs `allow_services`",
+        "`kubernetes.port` 70000 is not a port number",
+    ] {
+        assert!(all.contains(expected), "missing {expected:?} in:\n{all}");
+    }
+    // Serde stops at a route's first shape error, so one each.
+    let unknown = problems("[[routes]]\nname = \"x\"\npath = \"/x\"\nkubernetes = { service = \"web\", port = \"http\", zone = \"a\" }\n").join("\n");
+    assert!(unknown.contains("unknown field `zone`"), "{unknown}");
+    let endpoints = problems("[[routes]]\nname = \"x\"\npath = \"/x\"\nkubernetes = { service = \"web\", port = \"http\" }\nendpoints = \"some\"\n").join("\n");
+    assert!(
+        endpoints.contains("unknown variant `some`, expected one of `ready`, `serving`, `all`"),
+        "{endpoints}"
+    );
+}
+
 /// `check` writes its problems to stderr itself while the log writer
 /// thread writes log lines there too: neither may hold stderr so that the
 /// other waits forever. With logging on, a failing check still prints its

@@ -13,7 +13,8 @@
 //! | ` ```toml invalid `  | a mistake, shown as one                       | fail `Config::parse`                          |
 //!
 //! A `route` block is completed with a `[[routes]]` header and, where it has
-//! none, a `name`, a `path`, and (without `targets`) a `service` and a
+//! none, a `name`, a `path`, and (without `targets` or `kubernetes`) a
+//! `service` and a
 //! `port`. Any other word after `toml` is an error, so a misspelt kind cannot skip
 //! a block. `Config::parse` reads no files, so examples may name plugin,
 //! token and certificate files that do not exist. A failure names the
@@ -176,7 +177,7 @@ fn blocks_of(kind: Kind) -> Vec<Block> {
 
 /// A whole configuration made of a ` ```toml route ` block: a `[[routes]]`
 /// header and, where the block has none, a `name`, a `path`, and (without
-/// `targets`) a `service` and a `port`, put before the block's keys so
+/// `targets` or `kubernetes`) a `service` and a `port`, put before the block's keys so
 /// that a sub-table in the block (`[routes.udp]`) stays last.
 fn complete_route(block: &Block) -> Result<String, String> {
     let keys: toml::Table =
@@ -188,7 +189,7 @@ fn complete_route(block: &Block) -> Result<String, String> {
     if !keys.contains_key("path") {
         text.push_str("path = \"/docs/example\"\n");
     }
-    if !keys.contains_key("targets") {
+    if !keys.contains_key("targets") && !keys.contains_key("kubernetes") {
         if !keys.contains_key("service") {
             text.push_str("service = \"web.default.svc.cluster.local\"\n");
         }

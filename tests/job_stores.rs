@@ -68,6 +68,7 @@ fn job(id: &str, route: &str, owner: &str) -> Job {
             addr: SocketAddr::from(([127, 0, 0, 2 + index as u8], 80)),
             service: None,
             index,
+            pod: None,
         })
         .collect();
     let mut job = Job::new(id, route, "all", &targets, &[request.clone(), request]);

@@ -49,6 +49,11 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
                     config.dns = dns;
                 }
             }
+            "kubernetes" => {
+                if let Some(kubernetes) = sink.deserialize(value) {
+                    config.kubernetes = kubernetes;
+                }
+            }
             "tokens" => match value.get_ref() {
                 DeValue::Table(sets) => {
                     for (name, set) in sets.iter() {
@@ -100,7 +105,7 @@ pub(super) fn parse(text: &str) -> Result<Config, Problems> {
             other => sink.push(
                 key.span(),
                 format!(
-                    "unknown top-level key `{other}`; expected `server`, `dns`, `jobs`, `tokens`, `plugins` or `routes`"
+                    "unknown top-level key `{other}`; expected `server`, `dns`, `kubernetes`, `jobs`, `tokens`, `plugins` or `routes`"
                 ),
             ),
         }

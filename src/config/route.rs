@@ -13,7 +13,7 @@ use serde::Deserialize;
 use super::plugin::PluginUse;
 use crate::vocabulary::policy::Policy;
 use crate::vocabulary::problem::Location;
-use crate::vocabulary::target::TargetSource;
+use crate::vocabulary::target::{Endpoints, TargetSource};
 
 /// The placeholder a templated `service` (and `upstream_path`) uses for the
 /// service name captured from the request path.
@@ -29,7 +29,8 @@ pub struct RouteConfig {
     pub methods: Methods,
     /// `host`, parsed.
     pub host: PodHost,
-    /// `service` with `port`, or `targets`, parsed.
+    /// `service` with `port`, `kubernetes` with `endpoints`, or `targets`,
+    /// parsed.
     pub source: TargetSource,
     /// `allow_services`, compiled.
     pub allow_services: Vec<glob::Pattern>,
@@ -74,6 +75,15 @@ pub struct RouteTable {
     pub targets: Option<Vec<String>>,
     /// Port the pods listen on; required with `service`.
     pub port: Option<u16>,
+    /// A Service whose pods are found by watching its EndpointSlices
+    /// through the Kubernetes API, instead of `service` or `targets`:
+    /// `{ service = "web", namespace = "default", port = "http" }`.
+    /// `service` may contain `{service}`, as a templated `service` does.
+    pub kubernetes: Option<KubernetesTable>,
+    /// With `kubernetes`: which endpoints receive broadcasts, `"ready"`,
+    /// `"serving"` (ready or terminating but still serving; the default)
+    /// or `"all"`.
+    pub endpoints: Option<Endpoints>,
     /// Path (and query) sent to pods; may use `{rest}` and `{service}`.
     /// Default: the received path and query.
     pub upstream_path: Option<String>,
@@ -156,6 +166,32 @@ pub struct RouteTable {
     /// problems found reading it (set while loading).
     #[serde(skip)]
     pub location: Location,
+}
+
+/// A route's `kubernetes` table: the Service whose EndpointSlices are
+/// watched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesTable {
+    /// The Service's name (`metadata.name`), e.g. `web`.
+    pub service: String,
+    /// The Service's namespace. Default: the router's own namespace in a
+    /// cluster (its service account's), else the kubeconfig context's,
+    /// else `default`.
+    pub namespace: Option<String>,
+    /// The pods' port: a port name of the Service (`"http"`), looked up
+    /// in each EndpointSlice, or a number.
+    pub port: PortValue,
+}
+
+/// A `kubernetes.port` as written: a name or a number.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged, expecting = "a port name such as \"http\" or a port number")]
+pub enum PortValue {
+    /// A number (checked to be a port by validation).
+    Number(i64),
+    /// A port name.
+    Name(String),
 }
 
 /// The methods a route accepts, parsed from `methods`.

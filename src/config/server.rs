@@ -1,5 +1,5 @@
 //! The router-wide tables: `[server]` (listeners and client limits),
-//! `[server.tls]`, `[dns]` and `[tokens.NAME]`.
+//! `[server.tls]`, `[dns]`, `[kubernetes]` and `[tokens.NAME]`.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -128,6 +128,30 @@ impl Default for DnsConfig {
             serve_stale_for: Duration::from_secs(300),
             timeout: Duration::from_secs(2),
             attempts: 2,
+        }
+    }
+}
+
+/// The `[kubernetes]` table: how `kubernetes` routes reach the API.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// A kubeconfig file to use instead of the default credentials (the
+    /// pod's service account in a cluster, else `KUBECONFIG`, else
+    /// `~/.kube/config`). Relative paths start at the configuration
+    /// file's directory.
+    pub kubeconfig: Option<PathBuf>,
+    /// Most Services watched at once. Templated `kubernetes` routes start a
+    /// watch per requested Service; beyond this, the least recently used
+    /// one no route names outright is stopped.
+    pub max_watches: usize,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            kubeconfig: None,
+            max_watches: 64,
         }
     }
 }

@@ -99,6 +99,12 @@ pub(super) fn validate(
             "`attempts` must be at least 1",
         );
     }
+    if config.kubernetes.max_watches == 0 {
+        sink.push(
+            spans.section("kubernetes", "max_watches"),
+            "`max_watches` must be at least 1",
+        );
+    }
 
     if let Some(jobs) = &config.jobs {
         check_jobs(jobs, spans, sink);

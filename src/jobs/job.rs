@@ -212,6 +212,7 @@ impl Job {
                 addr: pod.addr,
                 service: pod.service.as_deref().map(Arc::from),
                 index,
+                pod: None,
             })
             .collect()
     }
@@ -223,7 +224,7 @@ impl Job {
             .map(|pod| {
                 pod.result
                     .clone()
-                    .unwrap_or_else(|| DeliveryReport::pending(&pod.addr))
+                    .unwrap_or_else(|| DeliveryReport::pending_at(&pod.addr))
             })
             .collect()
     }

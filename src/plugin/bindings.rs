@@ -149,14 +149,18 @@ impl<'a> LentHeaders<'a> {
 }
 
 /// A discovered pod lent to a hook call; `address` is its IP address as
-/// [`address`] writes it.
-pub(crate) fn target<'a>(target: &'a Pod, address: &'a str) -> generated::Target<'a> {
+/// [`address`] writes it, `labels` what [`Pod::labels`] lists.
+pub(crate) fn target<'a>(
+    target: &'a Pod,
+    address: &'a str,
+    labels: &'a [(&'a str, &'a str)],
+) -> generated::Target<'a> {
     generated::Target {
         address,
         port: target.addr.port(),
         service: target.service.as_deref(),
         index: target.index as u32,
-        labels: &[],
+        labels,
     }
 }
 

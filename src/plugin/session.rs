@@ -213,9 +213,13 @@ impl Session {
             let addresses = self.take_addresses(&targets);
             let count = targets.len();
             let chosen = {
+                let labels: Vec<_> = targets.iter().map(Target::labels).collect();
                 let records: Vec<_> = targets
                     .iter()
-                    .map(|target| bindings::target(target, address_of(&addresses, target)))
+                    .zip(&labels)
+                    .map(|(target, labels)| {
+                        bindings::target(target, address_of(&addresses, target), labels)
+                    })
                     .collect();
                 let headers = head.headers();
                 let head = head.lend(&headers);
@@ -261,7 +265,8 @@ impl Session {
         target: &Target,
     ) -> Result<Arc<PodRequest>, PluginFailure> {
         let addresses = self.take_addresses(std::slice::from_ref(target));
-        let record = bindings::target(target, address_of(&addresses, target));
+        let labels = target.labels();
+        let record = bindings::target(target, address_of(&addresses, target), &labels);
         let mut request = Arc::clone(request);
         let mut result = Ok(());
         for index in 0..self.members.len() {
@@ -324,11 +329,16 @@ impl Session {
                 .map(|(_, delivery)| LentHeaders::new(&delivery.headers))
                 .collect();
             let headers: Vec<_> = lent.iter().map(LentHeaders::lend).collect();
+            let labels: Vec<_> = delivered
+                .iter()
+                .map(|(target, _)| target.labels())
+                .collect();
             let records: Vec<_> = delivered
                 .iter()
                 .zip(&headers)
-                .map(|((target, delivery), headers)| {
-                    let record = bindings::target(target, address_of(&addresses, target));
+                .zip(&labels)
+                .map(|(((target, delivery), headers), labels)| {
+                    let record = bindings::target(target, address_of(&addresses, target), labels);
                     bindings::outcome(record, delivery, headers)
                 })
                 .collect();

@@ -125,6 +125,7 @@ pub fn run(
                 addr,
                 service: None,
                 index,
+                pod: None,
             })
         })
         .collect::<Result<Vec<_>, TryoutError>>()?;

@@ -186,10 +186,11 @@ impl ApiError {
             ApiError::TooLarge { .. }
             | ApiError::NotStarted(NotStarted::DatagramTooLarge { .. }) => "too_large",
             ApiError::NotStarted(NotStarted::TooManyTargets { .. }) => "too_many_targets",
-            ApiError::NotStarted(NotStarted::Discovery(DiscoveryError::NoPods { .. })) => {
-                "no_targets"
-            }
-            ApiError::NotStarted(NotStarted::Discovery(DiscoveryError::Dns { .. })) => "dns_error",
+            ApiError::NotStarted(NotStarted::Discovery(error)) => match error {
+                DiscoveryError::NoPods { .. } | DiscoveryError::NoEndpoints { .. } => "no_targets",
+                DiscoveryError::Dns { .. } => "dns_error",
+                DiscoveryError::Kubernetes { .. } => "kubernetes_error",
+            },
             ApiError::NotStarted(NotStarted::Plugin(_)) => "plugin_error",
             ApiError::NotStarted(NotStarted::NoneSelected { .. }) => "none_selected",
             ApiError::NoRoute => "no_route",

@@ -144,17 +144,22 @@ impl Generation {
         let config = &loaded.config;
         let with_dns = loaded.uses_dns();
         let broadcaster = match previous {
-            Some(previous) => {
-                previous.reconfigured(&config.dns, with_dns, config.server.pod_idle_timeout)?
-            }
+            Some(previous) => previous.reconfigured(
+                &config.dns,
+                with_dns,
+                &config.kubernetes,
+                config.server.pod_idle_timeout,
+            )?,
             None => Broadcaster::new(
                 &config.dns,
                 with_dns,
+                &config.kubernetes,
                 config.server.max_in_flight_deliveries,
                 config.server.pod_idle_timeout,
                 jobs.unwrap_or_else(Jobs::in_memory),
             )?,
         };
+        broadcaster.watch(loaded.kubernetes_services());
         let info = ConfigInfo {
             version,
             loaded_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),

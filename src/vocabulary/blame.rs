@@ -1,6 +1,6 @@
 //! Who is to blame for an error, in the spirit of Pingora's `ErrorSource`:
 //! every error a client receives says whether the client, a pod, a
-//! plugin, DNS, the configuration or the router itself failed.
+//! plugin, DNS, the Kubernetes API, the configuration or the router itself failed.
 
 use std::fmt;
 
@@ -18,6 +18,9 @@ pub enum Blame {
     Plugin,
     /// DNS could not say which pods exist, or said there are none.
     Dns,
+    /// The Kubernetes API could not say which pods exist, or said there
+    /// are none the route may broadcast to.
+    Kubernetes,
     /// The route's configuration rules the request out (e.g. more pods
     /// than `max_targets`).
     Config,
@@ -33,6 +36,7 @@ impl Blame {
             Blame::Pod => "pod",
             Blame::Plugin => "plugin",
             Blame::Dns => "dns",
+            Blame::Kubernetes => "kubernetes",
             Blame::Config => "config",
             Blame::Router => "router",
         }

@@ -13,6 +13,135 @@ pub struct Target {
     pub service: Option<Arc<str>>,
     /// Position in the broadcast's target list.
     pub index: usize,
+    /// What the Kubernetes API says about the pod behind the address
+    /// (`None` for static targets and DNS discovery).
+    pub pod: Option<Arc<Pod>>,
+}
+
+impl Target {
+    /// The pod's name, when the Kubernetes API gave one.
+    pub fn pod_name(&self) -> Option<&str> {
+        self.pod.as_ref()?.name.as_deref()
+    }
+
+    /// The facts plugins receive as `target.labels`: `pod`, `namespace`,
+    /// `node`, `zone`, `ready`, `serving` and `terminating`, those known.
+    pub fn labels(&self) -> Vec<(&str, &str)> {
+        let Some(pod) = &self.pod else {
+            return Vec::new();
+        };
+        let flag = |set: bool| if set { "true" } else { "false" };
+        let mut labels = Vec::with_capacity(7);
+        for (key, value) in [
+            ("pod", pod.name.as_deref()),
+            ("namespace", Some(&*pod.namespace)),
+            ("node", pod.node.as_deref()),
+            ("zone", pod.zone.as_deref()),
+        ] {
+            if let Some(value) = value {
+                labels.push((key, value));
+            }
+        }
+        labels.push(("ready", flag(pod.conditions.ready)));
+        labels.push(("serving", flag(pod.conditions.serving)));
+        labels.push(("terminating", flag(pod.conditions.terminating)));
+        labels
+    }
+}
+
+/// A pod as an EndpointSlice describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pod {
+    /// The pod's name (`targetRef.name`; `None` when the endpoint is not a
+    /// pod).
+    pub name: Option<Arc<str>>,
+    /// The namespace of the Service (and so of the pod).
+    pub namespace: Arc<str>,
+    /// The node it runs on (`nodeName`).
+    pub node: Option<Arc<str>>,
+    /// The node's zone (`zone`).
+    pub zone: Option<Arc<str>>,
+    /// Its readiness, as the endpoint's `conditions` say.
+    pub conditions: Conditions,
+}
+
+/// An endpoint's `conditions`, with the API's defaults for absent ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Conditions {
+    /// The pod passes its readiness probe and is not terminating.
+    pub ready: bool,
+    /// The pod passes its readiness probe, terminating or not.
+    pub serving: bool,
+    /// The pod is shutting down.
+    pub terminating: bool,
+}
+
+/// Which endpoints of a Service a `kubernetes` route broadcasts to
+/// (`endpoints`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Endpoints {
+    /// Ready pods only: what DNS and a ClusterIP Service see.
+    Ready,
+    /// Pods passing their readiness probe, terminating ones included (the
+    /// default): a pod that still serves from its cache is still told.
+    #[default]
+    Serving,
+    /// Every endpoint, starting and failing pods included.
+    All,
+}
+
+impl Endpoints {
+    /// Whether an endpoint with `conditions` is one to broadcast to.
+    pub fn admits(self, conditions: Conditions) -> bool {
+        match self {
+            Endpoints::Ready => conditions.ready,
+            Endpoints::Serving => conditions.serving,
+            Endpoints::All => true,
+        }
+    }
+}
+
+impl fmt::Display for Endpoints {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Endpoints::Ready => "ready",
+            Endpoints::Serving => "serving",
+            Endpoints::All => "all",
+        })
+    }
+}
+
+/// The port of a `kubernetes` route: a name looked up in each
+/// EndpointSlice's ports, or a number used as is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PortRef {
+    /// A named port, e.g. `http`.
+    Name(String),
+    /// A port number.
+    Number(u16),
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Name(name) => f.write_str(name),
+            PortRef::Number(number) => number.fmt(f),
+        }
+    }
+}
+
+/// A Service whose EndpointSlices are watched through the Kubernetes API.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KubernetesService {
+    /// The Service name (possibly with `{service}` to fill in).
+    pub service: String,
+    /// Its namespace; `None`: the router's own (the client's default).
+    pub namespace: Option<String>,
+    /// The pods' port.
+    pub port: PortRef,
+    /// Which endpoints receive broadcasts.
+    pub endpoints: Endpoints,
 }
 
 impl fmt::Display for Target {
@@ -34,6 +163,8 @@ pub enum TargetSource {
         /// The pods' port.
         port: u16,
     },
+    /// A Service's EndpointSlices, watched through the Kubernetes API.
+    Kubernetes(KubernetesService),
 }
 
 impl fmt::Display for TargetSource {
@@ -41,6 +172,55 @@ impl fmt::Display for TargetSource {
         match self {
             TargetSource::Fixed(addrs) => write!(f, "{} static targets", addrs.len()),
             TargetSource::Service { name, port } => write!(f, "{name}:{port}"),
+            TargetSource::Kubernetes(kubernetes) => write!(
+                f,
+                "kubernetes {}/{}:{} ({} endpoints)",
+                kubernetes.namespace.as_deref().unwrap_or("(own namespace)"),
+                kubernetes.service,
+                kubernetes.port,
+                kubernetes.endpoints
+            ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_carry_what_the_api_said_about_the_pod() {
+        let mut target = Target {
+            addr: "10.0.0.1:8080".parse().unwrap(),
+            service: Some("web".into()),
+            index: 0,
+            pod: None,
+        };
+        assert!(
+            target.labels().is_empty(),
+            "DNS and static targets have none"
+        );
+        target.pod = Some(Arc::new(Pod {
+            name: Some("web-0".into()),
+            namespace: "shop".into(),
+            node: None,
+            zone: Some("zone-a".into()),
+            conditions: Conditions {
+                ready: false,
+                serving: true,
+                terminating: true,
+            },
+        }));
+        assert_eq!(
+            target.labels(),
+            [
+                ("pod", "web-0"),
+                ("namespace", "shop"),
+                ("zone", "zone-a"),
+                ("ready", "false"),
+                ("serving", "true"),
+                ("terminating", "true"),
+            ]
+        );
     }
 }

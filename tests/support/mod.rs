@@ -5,6 +5,7 @@
 
 pub mod caches;
 pub mod dns;
+pub mod kube_api;
 pub mod plugins;
 pub mod pods;
 pub mod redis;

@@ -3,6 +3,7 @@
 //! What pods receive and how often (`methods`, `host`, `coalesce`,
 //! `pod_rate_limit`) is checked in [`request`].
 
+mod kubernetes;
 mod request;
 
 use std::collections::{HashMap, HashSet};
@@ -149,32 +150,55 @@ impl RouteCheck<'_, '_, '_> {
     /// Where the route's pods come from, parsed (`None` after a problem).
     pub(super) fn targets(&mut self) -> Option<TargetSource> {
         let route = self.route;
-        let source = match (&route.service, &route.targets) {
-            (Some(_), Some(_)) => {
-                self.problem(
-                    "targets",
-                    "`service` and `targets` are exclusive; use one or the other",
-                );
-                None
-            }
-            (None, None) => {
+        let written: Vec<&str> = [
+            ("service", route.service.is_some()),
+            ("kubernetes", route.kubernetes.is_some()),
+            ("targets", route.targets.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect();
+        if written.len() > 1 {
+            let last = written[written.len() - 1];
+            self.problem(
+                last,
+                format!(
+                    "`{}` are exclusive; use one of them",
+                    written.join("` and `")
+                ),
+            );
+        }
+        let source = match (&route.service, &route.kubernetes, &route.targets) {
+            _ if written.len() > 1 => None,
+            (Some(service), _, _) => self.service(service),
+            (_, Some(kubernetes), _) => self.kubernetes(kubernetes),
+            (_, _, Some(targets)) => self.static_targets(targets),
+            (None, None, None) => {
                 self.problem(
                     "name",
-                    "the route has no pods: set `service` (a headless Service) or `targets` (a static list)",
+                    "the route has no pods: set `service` (a headless Service), `kubernetes` (a Service watched through the API) or `targets` (a static list)",
                 );
                 None
             }
-            (Some(service), None) => self.service(service),
-            (None, Some(targets)) => self.static_targets(targets),
         };
+        if route.kubernetes.is_none() && route.endpoints.is_some() {
+            self.problem(
+                "endpoints",
+                "`endpoints` applies to `kubernetes` routes: DNS and static targets know nothing of readiness",
+            );
+        }
         let templated = route
             .service
             .as_deref()
+            .or(route
+                .kubernetes
+                .as_ref()
+                .map(|table| table.service.as_str()))
             .is_some_and(|service| service.contains(SERVICE_PLACEHOLDER));
         if !templated && !route.allow_services.is_empty() {
             self.problem(
                 "allow_services",
-                "`allow_services` only applies to a templated `service` containing `{service}`",
+                "`allow_services` only applies to a templated `service` (or `kubernetes.service`) containing `{service}`",
             );
         }
         source
@@ -202,24 +226,34 @@ impl RouteCheck<'_, '_, '_> {
             valid = false;
         }
         if templated {
-            if !route.path.contains(SERVICE_PLACEHOLDER) {
-                self.problem(
-                    "service",
-                    "a templated `service` needs a `{service}` capture in `path`, e.g. path = \"/{service}/{*rest}\"",
-                );
-            }
-            if route.allow_services.is_empty() {
-                self.problem(
-                    "service",
-                    "a templated `service` needs `allow_services`; without it the router is an open proxy into the cluster",
-                );
-            }
+            self.templated("service");
         }
         let port = route.port?;
         valid.then(|| TargetSource::Service {
             name: service.to_owned(),
             port,
         })
+    }
+
+    /// The checks of a templated `key` (`service` or `kubernetes`): the
+    /// path must capture `{service}` and `allow_services` must guard it.
+    fn templated(&mut self, key: &str) {
+        if !self.route.path.contains(SERVICE_PLACEHOLDER) {
+            self.problem(
+                key,
+                format!(
+                    "a templated `{key}` needs a `{{service}}` capture in `path`, e.g. path = \"/{{service}}/{{*rest}}\""
+                ),
+            );
+        }
+        if self.route.allow_services.is_empty() {
+            self.problem(
+                key,
+                format!(
+                    "a templated `{key}` needs `allow_services`; without it the router is an open proxy into the cluster"
+                ),
+            );
+        }
     }
 
     /// A templated service's allow-list, compiled (`None` after a problem).

@@ -114,6 +114,10 @@ pub struct Config {
     /// `transform` sets a header named `"bad header\n"`.
     #[serde(default)]
     pub bad_header: bool,
+    /// `transform` sets `x-target-labels` to the target's labels, as
+    /// `key=value` pairs joined by `,`.
+    #[serde(default)]
+    pub echo_labels: bool,
     /// Where `spin` and `allocate` happen; default `select-targets`.
     #[serde(default, rename = "where")]
     pub stage: Stage,
@@ -227,9 +231,20 @@ impl Plugin for Stress {
         Ok(indices)
     }
 
-    fn transform(&self, _request: &Request, _target: &Target) -> Result<RequestPatch, String> {
+    fn transform(&self, _request: &Request, target: &Target) -> Result<RequestPatch, String> {
         Stress::act(&self.config, Stage::Transform)?;
         let mut patch = RequestPatch::new();
+        if self.config.echo_labels {
+            let labels: Vec<String> = target
+                .labels
+                .iter()
+                .map(|(key, value)| format!("{key}={value}"))
+                .collect();
+            patch.set_headers.push(broadcast_plugin_sdk::Header {
+                name: "x-target-labels".into(),
+                value: labels.join(","),
+            });
+        }
         if self.config.bad_header {
             patch.set_headers.push(broadcast_plugin_sdk::Header {
                 name: "bad header\n".into(),
