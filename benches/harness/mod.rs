@@ -342,8 +342,38 @@ async fn one_pod(load: &Load, warmup: Duration, pods: &Pods, ids: &Arc<AtomicU64
     }
     let before = pods.tallies()[0];
     let measured = load::run(&target, load, ids).await;
-    let seconds = measured.elapsed.as_secs_f64().max(1e-9);
     let after = pods.tallies()[0];
+    let seconds = measured.elapsed.as_secs_f64().max(1e-9);
+    phase(
+        load,
+        &measured,
+        after.count - before.count,
+        after.since(before) == measured.issued,
+        Window {
+            harness_cpu: Duration::ZERO,
+            seconds,
+            others: Duration::ZERO,
+        },
+    )
+}
+
+/// What a measured window cost the harness and the rest of the machine.
+struct Window {
+    harness_cpu: Duration,
+    seconds: f64,
+    others: Duration,
+}
+
+/// A phase's figures from what the load generator measured and what the
+/// pods received.
+fn phase(
+    load: &Load,
+    measured: &Measured,
+    deliveries: u64,
+    exactly_once: bool,
+    window: Window,
+) -> Phase {
+    let seconds = measured.elapsed.as_secs_f64().max(1e-9);
     Phase {
         clients: load.clients,
         elapsed_s: seconds,
@@ -352,13 +382,14 @@ async fn one_pod(load: &Load, warmup: Duration, pods: &Pods, ids: &Arc<AtomicU64
         refused: measured.refused,
         first_error: measured.first_error.clone(),
         broadcasts_per_s: measured.ok as f64 / seconds,
-        deliveries: after.count - before.count,
-        deliveries_per_s: (after.count - before.count) as f64 / seconds,
+        deliveries,
+        deliveries_per_s: deliveries as f64 / seconds,
         latency_us: load::Percentiles::of(&measured.latencies),
-        exactly_once: after.since(before) == measured.issued,
-        harness_cpu_us_per_broadcast: 0.0,
-        window_s: seconds,
-        other_cpu_cores: 0.0,
+        exactly_once,
+        harness_cpu_us_per_broadcast: window.harness_cpu.as_secs_f64() * 1e6
+            / (measured.ok.max(1) as f64),
+        window_s: window.seconds,
+        other_cpu_cores: window.others.as_secs_f64() / window.seconds,
     }
 }
 
@@ -431,23 +462,17 @@ async fn measure(
             .zip(&before)
             .all(|(after, before)| after.since(*before) == measured.issued);
     let deliveries: u64 = after.iter().map(|tally| tally.count).sum::<u64>() - total_before;
-    let seconds = measured.elapsed.as_secs_f64().max(1e-9);
-    let phase = Phase {
-        clients: load.clients,
-        elapsed_s: seconds,
-        broadcasts: measured.ok,
-        errors: measured.errors,
-        refused: measured.refused,
-        first_error: measured.first_error.clone(),
-        broadcasts_per_s: measured.ok as f64 / seconds,
+    let phase = phase(
+        load,
+        &measured,
         deliveries,
-        deliveries_per_s: deliveries as f64 / seconds,
-        latency_us: load::Percentiles::of(&measured.latencies),
         exactly_once,
-        harness_cpu_us_per_broadcast: harness_cpu.as_secs_f64() * 1e6 / (measured.ok.max(1) as f64),
-        window_s: window,
-        other_cpu_cores: others.as_secs_f64() / window,
-    };
+        Window {
+            harness_cpu,
+            seconds: window,
+            others,
+        },
+    );
     (phase, measured.elapsed)
 }
 
