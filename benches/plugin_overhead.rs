@@ -102,14 +102,9 @@ impl Broadcast {
         let head = request_head("bench-broadcast", route, &self.request);
         let selected = session.select(&head, self.targets.clone()).expect("select");
         let requests: Vec<_> = if chain.transforms() {
-            selected
-                .iter()
-                .map(|target| {
-                    session
-                        .transform(&head, &self.request, target)
-                        .expect("transform")
-                })
-                .collect()
+            session
+                .transform(&head, &self.request, &selected)
+                .expect("transform")
         } else {
             vec![Arc::clone(&self.request); selected.len()]
         };
