@@ -336,7 +336,7 @@ impl Session {
                     |patches: Vec<RequestPatch>| {
                         if patches.len() != count {
                             return Err(InvalidOutput(format!(
-                                "{} patches for {count} targets: transform returns one patch per target, in order",
+                                "{} patches for {count} targets (transform returns one patch per target, in the same order)",
                                 patches.len()
                             )));
                         }
