@@ -414,10 +414,65 @@ pub fn check_verdict(verdict: Verdict) -> Result<PluginVerdict, InvalidOutput> {
 #[cfg(test)]
 mod tests {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use std::sync::Arc;
 
-    use http::{HeaderMap, HeaderValue};
+    use http::{HeaderMap, HeaderValue, Method};
 
-    use super::LentHeaders;
+    use super::{Header, LentHeaders, Patcher, RequestPatch};
+    use crate::vocabulary::delivery::PodRequest;
+
+    fn patch(header: Option<(&str, &str)>, body: Option<&[u8]>) -> RequestPatch {
+        RequestPatch {
+            set_headers: header
+                .map(|(name, value)| Header {
+                    name: name.into(),
+                    value: value.into(),
+                })
+                .into_iter()
+                .collect(),
+            remove_headers: Vec::new(),
+            path: None,
+            body: body.map(<[u8]>::to_vec),
+        }
+    }
+
+    #[test]
+    fn equal_patches_in_a_row_share_one_copy() {
+        let request = Arc::new(PodRequest {
+            method: Method::PUT,
+            path_and_query: "/cache".into(),
+            headers: HeaderMap::new(),
+            body: bytes::Bytes::from_static(b"{}"),
+        });
+        let mut patcher = Patcher::new(&request);
+        let empty = patcher.apply(patch(None, None)).unwrap();
+        assert!(
+            Arc::ptr_eq(&empty, &request),
+            "an empty patch keeps the copy"
+        );
+        let tagged = patcher.apply(patch(Some(("x-tag", "1")), None)).unwrap();
+        let again = patcher.apply(patch(Some(("x-tag", "1")), None)).unwrap();
+        assert!(Arc::ptr_eq(&tagged, &again));
+        assert_eq!(tagged.headers["x-tag"], "1");
+        let other = patcher.apply(patch(Some(("x-tag", "2")), None)).unwrap();
+        assert!(!Arc::ptr_eq(&tagged, &other));
+        // A body compares by its bytes, and a body is not "no body".
+        let body = patcher
+            .apply(patch(Some(("x-tag", "2")), Some(b"{}")))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&other, &body));
+        let same = patcher
+            .apply(patch(Some(("x-tag", "2")), Some(b"{}")))
+            .unwrap();
+        assert!(Arc::ptr_eq(&body, &same));
+        let changed = patcher
+            .apply(patch(Some(("x-tag", "2")), Some(b"[]")))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&same, &changed));
+        assert_eq!(&changed.body[..], b"[]");
+        // An invalid patch is refused, whatever came before.
+        assert!(patcher.apply(patch(Some(("via", "x")), None)).is_err());
+    }
 
     #[test]
     fn addresses_read_as_std_writes_them() {

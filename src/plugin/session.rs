@@ -5,25 +5,25 @@
 //! a chain whose plugins only select targets never instantiates anything
 //! after selection. After any failure the plugin is out of the broadcast:
 //! `fail-closed` ends the broadcast with 502, `fail-open` carries on as if
-//! the plugin were absent.
+//! the plugin were absent. `transform` runs each plugin over the groups of
+//! pods that share a copy of the request (its own file, `transform`).
 
-use std::collections::HashMap;
+mod transform;
+
 use std::sync::Arc;
 
 use tokio::time::Instant;
 use wasmtime::Store;
 
 use super::Link;
-use super::bindings::{
-    self, Contract, Hooks, InvalidOutput, LentHeaders, Patcher, RequestHead, RequestPatch,
-};
+use super::bindings::{self, Hooks, InvalidOutput, LentHeaders, RequestHead};
 use super::host::{HostState, ticks};
 use super::output::CallOutput;
 use crate::aggregate::PluginVerdict;
 use crate::config::{Instances, OnError};
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
-use crate::vocabulary::delivery::{Delivery, PodRequest};
+use crate::vocabulary::delivery::Delivery;
 use crate::vocabulary::target::Target;
 
 /// A plugin failed and its policy is `fail-closed`: the broadcast answers
@@ -260,104 +260,6 @@ impl Session {
         Ok(targets)
     }
 
-    /// Runs every `transform` hook in chain order over the selected
-    /// `targets`, and returns each one's copy of `request`, in order.
-    ///
-    /// Each plugin sees the copies as the plugins before it patched them.
-    /// The pods that share a copy (the same `Arc`) are one group: a 0.2.0
-    /// plugin is called once per group, which is one call until a plugin
-    /// gives pods different copies; a 0.1.0 plugin once per pod. Pods of a
-    /// group given equal patches keep sharing one copy (an empty patch
-    /// keeps the copy as it was), so a later plugin still sees them as one
-    /// group. Every call runs under the plugin's limits and failure policy.
-    pub fn transform(
-        &mut self,
-        head: &RequestHead,
-        request: &Arc<PodRequest>,
-        targets: &[Target],
-    ) -> Result<Vec<Arc<PodRequest>>, PluginFailure> {
-        let mut copies = vec![Arc::clone(request); targets.len()];
-        let transformers: Vec<usize> = (0..self.members.len())
-            .filter(|&index| {
-                let plugin = &self.members[index].link.plugin;
-                plugin.hooks.contains(Hooks::TRANSFORM)
-            })
-            .collect();
-        if transformers.is_empty() || targets.is_empty() {
-            return Ok(copies);
-        }
-        let addresses = self.take_addresses(targets);
-        let result = {
-            let labels: Vec<_> = targets.iter().map(Target::labels).collect();
-            let records: Vec<_> = targets
-                .iter()
-                .zip(&labels)
-                .map(|(target, labels)| {
-                    bindings::target(target, address_of(&addresses, target), labels)
-                })
-                .collect();
-            transformers
-                .into_iter()
-                .try_for_each(|index| self.transform_with(index, head, &records, &mut copies))
-        };
-        self.addresses = addresses;
-        result.map(|()| copies)
-    }
-
-    /// Runs member `index`'s `transform` over every group of `copies`
-    /// (`records` are the targets, lent), replacing each copy by its
-    /// patched one. Stops early when the member fails open.
-    fn transform_with(
-        &mut self,
-        index: usize,
-        head: &RequestHead,
-        records: &[bindings::v0_2::Target<'_>],
-        copies: &mut [Arc<PodRequest>],
-    ) -> Result<(), PluginFailure> {
-        let per_call = match self.members[index].link.plugin.contract {
-            Contract::V0_1 => 1,
-            Contract::V0_2 => usize::MAX,
-        };
-        for group in groups(copies) {
-            let current = Arc::clone(&copies[group[0]]);
-            let lent = LentHeaders::new(&current.headers);
-            let headers = lent.lend();
-            let request = head.request(&current, &headers);
-            let mut patcher = Patcher::new(&current);
-            for positions in group.chunks(per_call.min(group.len())) {
-                let lent_targets: Vec<_> =
-                    positions.iter().map(|&at| records[at].clone()).collect();
-                let count = positions.len();
-                let patched = self.call(
-                    index,
-                    Hooks::TRANSFORM,
-                    "transform",
-                    |plugin, store| plugin.call_transform(store, request.clone(), &lent_targets),
-                    |patches: Vec<RequestPatch>| {
-                        if patches.len() != count {
-                            return Err(InvalidOutput(format!(
-                                "{} patches for {count} targets (transform returns one patch per target, in the same order)",
-                                patches.len()
-                            )));
-                        }
-                        patches
-                            .into_iter()
-                            .map(|patch| patcher.apply(patch))
-                            .collect::<Result<Vec<_>, _>>()
-                    },
-                )?;
-                // Failed open: the plugin is out, the copies stay as they are.
-                let Some(patched) = patched else {
-                    return Ok(());
-                };
-                for (&at, copy) in positions.iter().zip(patched) {
-                    copies[at] = copy;
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// Runs the chain's `aggregate` hook, if any: `Ok(None)` means the
     /// route's built-in policy decides.
     pub fn aggregate(
@@ -504,31 +406,8 @@ impl Session {
     }
 }
 
-/// The positions of `copies` grouped by the copy they share (the same
-/// `Arc`), each group in order, the groups in order of their first pod.
-fn groups(copies: &[Arc<PodRequest>]) -> Vec<Vec<usize>> {
-    let Some(first) = copies.first() else {
-        return Vec::new();
-    };
-    // Most broadcasts have one copy for every pod: no hashing then.
-    if copies.iter().all(|copy| Arc::ptr_eq(copy, first)) {
-        return vec![(0..copies.len()).collect()];
-    }
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    let mut group_of: HashMap<*const PodRequest, usize> = HashMap::new();
-    for (at, copy) in copies.iter().enumerate() {
-        let next = groups.len();
-        let group = *group_of.entry(Arc::as_ptr(copy)).or_insert(next);
-        if group == next {
-            groups.push(Vec::new());
-        }
-        groups[group].push(at);
-    }
-    groups
-}
-
 /// `target`'s address from [`Session::take_addresses`].
-fn address_of<'a>(addresses: &'a [Option<String>], target: &Target) -> &'a str {
+pub(super) fn address_of<'a>(addresses: &'a [Option<String>], target: &Target) -> &'a str {
     addresses
         .get(target.index)
         .and_then(Option::as_deref)

@@ -241,10 +241,10 @@ mod tests {
         let other: Value = serde_json::from_slice(second.body.as_ref().unwrap()).unwrap();
         assert_eq!(other["target"], "[fd00::5]:80");
         assert_eq!(
-            header(&first, "x-sig"),
+            header(first, "x-sig"),
             Some(sign(b"k", "b-7", first.body.as_ref().unwrap()).as_str())
         );
-        assert_ne!(header(&first, "x-sig"), header(&second, "x-sig"));
+        assert_ne!(header(first, "x-sig"), header(second, "x-sig"));
         assert!(
             !first
                 .set_headers
