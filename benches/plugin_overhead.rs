@@ -3,7 +3,7 @@
 //!
 //! - The host's own overhead: the `noop` test plugin, which implements all
 //!   three hooks and does nothing — a fresh instance, `init`,
-//!   `select-targets`, `transform` for every pod, `aggregate`, and dropping
+//!   `select-targets`, `transform` over the pods, `aggregate`, and dropping
 //!   the instance.
 //! - The three examples chained (shard-filter, hmac-sign, quorum-merge).
 //! - Where the time goes: each example alone, and the `stress` test plugin

@@ -1,7 +1,8 @@
 //! Write broadcast-router WebAssembly plugins in Rust.
 //!
 //! A plugin is a `wasm32-wasip2` component that exports the `plugin` world of
-//! `plugins/wit/plugin.wit`. This crate hides the generated bindings: you
+//! `plugins/wit/plugin.wit` (`broadcast:plugin@0.2.0`, whose `transform`
+//! takes many pods in one call). This crate hides the generated bindings: you
 //! implement [`Plugin`] for a type built from a typed, serde-deserialised
 //! config, override the hooks you declare in [`Plugin::HOOKS`], and call
 //! [`export_plugin!`] once. The router creates a fresh instance for every
