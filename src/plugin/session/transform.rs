@@ -3,6 +3,7 @@
 //! request (0.2.0), or once per pod (0.1.0), under the failure policy of
 //! [`Session::call`].
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -79,8 +80,12 @@ impl Session {
             let request = head.request(&current, &headers);
             let mut patcher = Patcher::new(&current);
             for positions in group.chunks(per_call.min(group.len())) {
-                let lent_targets: Vec<_> =
-                    positions.iter().map(|&at| records[at].clone()).collect();
+                // One group of every pod (the usual case) lends them all.
+                let lent_targets: Cow<'_, [_]> = if positions.len() == records.len() {
+                    Cow::Borrowed(records)
+                } else {
+                    positions.iter().map(|&at| records[at].clone()).collect()
+                };
                 let count = positions.len();
                 let patched = self.call(
                     index,
