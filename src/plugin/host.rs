@@ -31,6 +31,12 @@ const KEEP_RESIDENT: usize = 256 << 10;
 /// broadcast).
 const POOL_INSTANCES: u32 = 1000;
 
+/// Address space reserved for each plugin memory when the system allows:
+/// all that a 32-bit memory can address, so that no load or store needs a
+/// bounds check. The pool's memories take 8TiB of the 128TiB a process
+/// has on x86-64 Linux.
+const FULL_RESERVATION: u64 = 4 << 30;
+
 /// The engine and linker every plugin of one configuration shares.
 pub(super) struct PluginHost {
     engine: Engine,
@@ -71,55 +77,38 @@ impl PluginHost {
             .max()
             .unwrap_or(16 << 20);
         let largest_memory = usize::try_from(largest_memory).unwrap_or(usize::MAX);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(POOL_INSTANCES)
-            .total_core_instances(POOL_INSTANCES * 4)
-            .total_memories(POOL_INSTANCES * 2)
-            .total_tables(POOL_INSTANCES * 4)
-            .total_stacks(POOL_INSTANCES)
-            .max_memory_size(largest_memory)
-            // Reset the first pages of a returned instance's memory in
-            // place instead of handing them back to the kernel: the next
-            // broadcast's instance then starts without page faults,
-            // madvise calls and TLB shoot-downs for them. Plugins built by
-            // plugins/build.sh have a 128KiB stack, so their stack, data
-            // and first heap pages fit.
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(16 << 10)
-            // Reset only the pages an instance actually wrote: a plugin
-            // touches a few pages at the top of its stack, not all 128KiB
-            // of it. Without the ioctl (older kernels, other systems) the
-            // whole kept region is reset.
-            .pagemap_scan(wasmtime::Enabled::Auto);
-        let mut engine_config = wasmtime::Config::new();
-        engine_config
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            // Reserve address space for the largest allowed memory only,
-            // not the default 4GiB per slot: 2000 slots stay a few GiB of
-            // virtual memory (bounds checks are compiled in instead).
-            .memory_reservation(largest_memory as u64)
-            .memory_reservation_for_growth(0)
-            .memory_guard_size(64 << 10)
-            .memory_init_cow(true)
-            .epoch_interruption(true)
-            .wasm_component_model(true);
         let cache_dir = config.server.plugin_cache_dir.clone().unwrap_or_else(|| {
             std::env::temp_dir()
                 .join("broadcast-router")
                 .join("wasm-cache")
         });
-        match compiled_code_cache(cache_dir.clone()) {
-            Ok(cache) => {
-                engine_config.cache(Some(cache));
+        let cache = compiled_code_cache(cache_dir.clone())
+            .inspect_err(|error| {
+                tracing::warn!(
+                    dir = %cache_dir.display(),
+                    %error,
+                    "Compiled plugin cache unavailable; plugins are compiled at every start."
+                )
+            })
+            .ok();
+        let engine = match Engine::new(&engine_config(largest_memory, FULL_RESERVATION, &cache)) {
+            Ok(engine) => engine,
+            Err(error) => {
+                // Most likely the address space is short (another engine
+                // still holds its pool, or a ulimit): reserve only the
+                // memory cap, and pay for bounds checks instead.
+                tracing::warn!(
+                    %error,
+                    "Cannot reserve 4GiB of address space per plugin memory; plugins run with bounds checks (slower)."
+                );
+                Engine::new(&engine_config(
+                    largest_memory,
+                    largest_memory as u64,
+                    &cache,
+                ))
+                .map_err(|error| format!("cannot set up the Wasm engine: {error}"))?
             }
-            Err(error) => tracing::warn!(
-                dir = %cache_dir.display(),
-                %error,
-                "Compiled plugin cache unavailable; plugins are compiled at every start."
-            ),
-        }
-        let engine = Engine::new(&engine_config)
-            .map_err(|error| format!("cannot set up the Wasm engine: {error}"))?;
+        };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|error| format!("cannot link WASI: {error}"))?;
@@ -271,6 +260,52 @@ pub(super) fn explain(error: &wasmtime::Error, output: &CallOutput) -> String {
         Some(quote) => format!("{error}; the plugin wrote:\n{quote}"),
         None => error,
     }
+}
+
+/// The engine's settings: the pooling allocator sized for [`POOL_INSTANCES`]
+/// with memories of at most `largest_memory` bytes, each in `reservation`
+/// bytes of address space.
+fn engine_config(
+    largest_memory: usize,
+    reservation: u64,
+    cache: &Option<wasmtime::Cache>,
+) -> wasmtime::Config {
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(POOL_INSTANCES)
+        .total_core_instances(POOL_INSTANCES * 4)
+        .total_memories(POOL_INSTANCES * 2)
+        .total_tables(POOL_INSTANCES * 4)
+        .total_stacks(POOL_INSTANCES)
+        .max_memory_size(largest_memory)
+        // Reset the first pages of a returned instance's memory in place
+        // instead of handing them back to the kernel: the next broadcast's
+        // instance then starts without page faults, madvise calls and TLB
+        // shoot-downs for them. Plugins built by plugins/build.sh have a
+        // 128KiB stack, so their stack, data and first heap pages fit.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(16 << 10)
+        // Reset only the pages an instance actually wrote: a plugin
+        // touches a few pages at the top of its stack, not all 128KiB of
+        // it. Without the ioctl (older kernels, other systems) the whole
+        // kept region is reset.
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    let mut config = wasmtime::Config::new();
+    config
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        // With all of a 32-bit memory's 4GiB reserved (address space only:
+        // the pages behind the cap stay inaccessible, and the cap is
+        // enforced when a memory grows), compiled code needs no bounds
+        // check on loads and stores; an interpreter compiled to Wasm
+        // (SpiderMonkey, CPython) does little else. The guard pages
+        // behind it cover static offsets up to 64KiB.
+        .memory_reservation(reservation)
+        .memory_reservation_for_growth(0)
+        .memory_guard_size(64 << 10)
+        .memory_init_cow(true)
+        .epoch_interruption(true)
+        .wasm_component_model(true)
+        .cache(cache.clone());
+    config
 }
 
 fn compiled_code_cache(dir: PathBuf) -> wasmtime::Result<wasmtime::Cache> {

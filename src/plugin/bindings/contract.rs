@@ -150,8 +150,8 @@ impl<T: 'static> PluginPre<T> {
     /// A new instance in `store`.
     pub fn instantiate(&self, store: impl AsContextMut<Data = T>) -> wasmtime::Result<Plugin> {
         Ok(match self {
-            PluginPre::V0_1(pre) => Plugin::V0_1(pre.instantiate(store)?),
-            PluginPre::V0_2(pre) => Plugin::V0_2(pre.instantiate(store)?),
+            PluginPre::V0_1(pre) => Plugin::V0_1(pre.instantiate_prechecked(store)?),
+            PluginPre::V0_2(pre) => Plugin::V0_2(pre.instantiate_prechecked(store)?),
         })
     }
 }
