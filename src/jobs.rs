@@ -149,6 +149,12 @@ pub trait JobStore: Send + Sync {
     fn sweep(&self, retention: Duration) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// `memory`, `file` or `redis`, for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// Whether every write is done by the time its call returns (the
+    /// memory store): progress can then be written where it happens,
+    /// without a writer of its own.
+    fn writes_at_once(&self) -> bool {
+        false
+    }
 }
 
 /// The store with its bounds and metrics: what the router uses.
@@ -178,10 +184,12 @@ impl Jobs {
             Some(JobsConfig {
                 redis: Some(url), ..
             }) => (Box::new(redis::RedisStore::connect(url).await?), true),
-            _ => (
+            Some(settings) => (
                 Box::new(memory::MemoryStore::with_limit(settings.max_bytes.as_u64())),
                 false,
             ),
+            // No `[jobs]`: the status API's memory stays small.
+            None => (Box::new(memory::MemoryStore::default()), false),
         };
         Ok(Self::with_store(store, settings, durable))
     }
@@ -212,6 +220,11 @@ impl Jobs {
     /// `memory`, `file` or `redis`.
     pub fn kind(&self) -> &'static str {
         self.store.kind()
+    }
+
+    /// Whether every write is done by the time its call returns.
+    pub fn writes_at_once(&self) -> bool {
+        self.store.writes_at_once()
     }
 
     /// Whether jobs survive a restart of this process.

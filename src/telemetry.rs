@@ -6,9 +6,11 @@
 //! from requests and error texts never become labels.
 
 mod refusals;
+mod route;
 mod writer;
 
 pub use refusals::{SUMMARY_INTERVAL, refused};
+pub use route::RouteMetrics;
 pub use writer::LogGuard;
 
 use std::sync::OnceLock;
@@ -215,30 +217,9 @@ pub fn broadcast_rejected(route: &str, outcome: &'static str) {
     counter!(BROADCASTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
 }
 
-/// A broadcast started fanning out to `targets` pods.
-pub fn broadcast_started(route: &str, targets: usize) {
-    gauge!(BROADCASTS_IN_FLIGHT).increment(1.0);
-    histogram!(BROADCAST_TARGETS, "route" => route.to_owned()).record(targets as f64);
-}
-
-/// A broadcast's last delivery finished.
-pub fn broadcast_finished(route: &str, ok: bool, elapsed: Duration) {
-    gauge!(BROADCASTS_IN_FLIGHT).decrement(1.0);
-    let outcome = if ok { "ok" } else { "failed" };
-    counter!(BROADCASTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
-    histogram!(BROADCAST_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
-}
-
 /// A request joined an identical broadcast of `route` waiting to start.
 pub fn broadcast_coalesced(route: &str) {
     counter!(COALESCED, "route" => route.to_owned()).increment(1);
-}
-
-/// One pod's delivery finished with `outcome` after `attempts` attempts.
-pub fn delivery_finished(route: &str, outcome: &'static str, attempts: u32, elapsed: Duration) {
-    counter!(DELIVERIES, "route" => route.to_owned(), "outcome" => outcome).increment(1);
-    counter!(DELIVERY_ATTEMPTS, "route" => route.to_owned()).increment(u64::from(attempts));
-    histogram!(DELIVERY_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
 }
 
 /// A DNS lookup finished with `outcome`.

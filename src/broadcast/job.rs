@@ -1,14 +1,15 @@
 //! A broadcast's job in the store: each pod's outcome recorded as it
 //! happens (by a writer beside the deliveries, so a slow store never
-//! holds them up), the report's delivery to `report_to` recorded before
+//! holds them up; the memory store's writes are map inserts, made where
+//! they happen), the report's delivery to `report_to` recorded before
 //! and after it is sent, and [`Broadcaster::resume`]: finishing a job
 //! another router process left unfinished.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -79,6 +80,12 @@ impl Tracked {
         self.job.state = JobState::Running;
         self.save().await;
         let lost = Arc::clone(&self.lost);
+        if self.jobs.writes_at_once() {
+            return Recorder {
+                sink: Sink::AtOnce(std::sync::Mutex::new((self, false))),
+                lost,
+            };
+        }
         let (outcomes, mut received) = mpsc::unbounded_channel::<(usize, DeliveryReport)>();
         let writer = tokio::spawn(
             async move {
@@ -95,15 +102,11 @@ impl Tracked {
             .in_current_span(),
         );
         Recorder {
-            outcomes,
-            writer,
+            sink: Sink::Writer { outcomes, writer },
             lost,
         }
     }
 
-    /// Records the final report and delivers it to the route's collector
-    /// (unless it was delivered or given up before), then marks the job
-    /// done.
     pub(super) async fn finish(
         mut self,
         report_to: Option<&ReportTo>,
@@ -163,40 +166,96 @@ impl Tracked {
 
 /// Hands pod outcomes to the job's writer.
 pub(super) struct Recorder {
-    outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
-    writer: JoinHandle<Tracked>,
+    sink: Sink,
     lost: Arc<AtomicBool>,
 }
 
+/// Where a [`Recorder`] writes outcomes.
+enum Sink {
+    /// The memory store: kept with the job, then written by
+    /// [`Recorder::flush`] (a map insert), with whether some are unwritten.
+    AtOnce(std::sync::Mutex<(Tracked, bool)>),
+    /// A store with round trips: by a writer task beside the deliveries.
+    Writer {
+        outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
+        writer: JoinHandle<Tracked>,
+    },
+}
+
 impl Recorder {
-    /// Whether another router took the job over: deliveries not yet made
-    /// are left to it.
     pub(super) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }
 
-    /// Records pod `index`'s outcome (written as soon as the store allows).
     pub(super) fn pod(&self, index: usize, target: &Target, delivery: &Delivery) {
-        let _ = self
-            .outcomes
-            .send((index, DeliveryReport::from_delivery(target, delivery)));
+        self.record(index, DeliveryReport::from_delivery(target, delivery));
     }
 
-    /// Records pod `target` as failed without a delivery.
     fn failed(&self, target: &Target, detail: &str) {
         let mut result = DeliveryReport::pending(target);
         result.pending = false;
         result.error = Some(ErrorKind::Protocol);
         result.detail = Some(detail.to_owned());
-        let _ = self.outcomes.send((target.index, result));
+        self.record(target.index, result);
     }
 
-    /// Waits until every recorded outcome is written.
+    fn record(&self, index: usize, result: DeliveryReport) {
+        match &self.sink {
+            Sink::AtOnce(tracked) => {
+                let mut tracked = tracked.lock().unwrap_or_else(PoisonError::into_inner);
+                tracked.0.job.pods[index].result = Some(result);
+                tracked.1 = true;
+            }
+            Sink::Writer { outcomes, .. } => {
+                let _ = outcomes.send((index, result));
+            }
+        }
+    }
+
+    /// Writes the outcomes recorded since the last write, when the store
+    /// writes at once; call it whenever no other outcome is ready, so that
+    /// outcomes arriving together make one write (the writer task of the
+    /// other stores batches the same way).
+    pub(super) fn flush(&self) {
+        if let Sink::AtOnce(tracked) = &self.sink {
+            let mut tracked = tracked.lock().unwrap_or_else(PoisonError::into_inner);
+            let (tracked, unwritten) = &mut *tracked;
+            if std::mem::take(unwritten) {
+                // The store writes before the call returns: the future is
+                // ready when first polled.
+                let saved = tracked.save().now_or_never();
+                debug_assert!(saved.is_some(), "the store writes at once");
+            }
+        }
+    }
+
+    /// The next item of `outcomes`; when none is ready, what was recorded
+    /// so far is [flushed](Self::flush) before waiting.
+    pub(super) async fn next<S>(&self, outcomes: &mut S) -> Option<S::Item>
+    where
+        S: futures_util::Stream + Unpin,
+    {
+        if let Some(ready) = outcomes.next().now_or_never() {
+            return ready;
+        }
+        self.flush();
+        outcomes.next().await
+    }
+
     pub(super) async fn written(self) -> Tracked {
-        drop(self.outcomes);
-        self.writer
-            .await
-            .expect("the job writer never panics: it only writes")
+        match self.sink {
+            Sink::AtOnce(tracked) => {
+                let (tracked, _) = tracked.into_inner().unwrap_or_else(PoisonError::into_inner);
+                // What is not written yet goes with the job's next write.
+                tracked
+            }
+            Sink::Writer { outcomes, writer } => {
+                drop(outcomes);
+                writer
+                    .await
+                    .expect("the job writer never panics: it only writes")
+            }
+        }
     }
 }
 
@@ -272,10 +331,9 @@ impl Broadcaster {
             endpoint.tls.as_ref(),
             started,
         );
-        while let Some((position, delivery)) = deliveries.next().await {
+        while let Some((position, delivery)) = recorder.next(&mut deliveries).await {
             let target = &waiting[position];
-            telemetry::delivery_finished(
-                &route.name,
+            endpoint.metrics.delivery_finished(
                 delivery.outcome(),
                 delivery.attempts,
                 delivery.latency,

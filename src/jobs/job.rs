@@ -154,6 +154,37 @@ pub struct Job {
 }
 
 impl Job {
+    /// About the length of the job's JSON, without encoding it: the
+    /// stored requests (hex), each pod with its outcome, and some room for
+    /// the fixed fields.
+    pub fn estimated_size(&self) -> u64 {
+        let requests: usize = self
+            .requests
+            .iter()
+            .map(|request| {
+                let headers: usize = request
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len() + 8)
+                    .sum();
+                request.path_and_query.len() + request.body.len() + headers + 64
+            })
+            .sum();
+        let pods: usize = self
+            .pods
+            .iter()
+            .map(|pod| {
+                160 + pod.service.as_ref().map_or(0, String::len)
+                    + pod.result.as_ref().map_or(0, |result| {
+                        result.body.as_ref().map_or(0, String::len)
+                            + result.detail.as_ref().map_or(0, String::len)
+                            + 160
+                    })
+            })
+            .sum();
+        (256 + self.id.len() + self.route.len() + requests + pods) as u64
+    }
+
     /// A new job for `targets`, each receiving `requests[i]`, stored as
     /// few distinct requests as there are.
     pub fn new(

@@ -11,7 +11,7 @@ use futures_util::future::{BoxFuture, FutureExt};
 
 use super::{Filter, Job, JobState, JobStore, StoreError, now_ms};
 
-/// Jobs in a map, with their encoded sizes (what `max_bytes` bounds).
+/// Jobs in a map, with their sizes (what `max_bytes` bounds).
 pub struct MemoryStore {
     jobs: Mutex<Map>,
     /// Finished jobs beyond this many bytes are forgotten, oldest first.
@@ -40,9 +40,15 @@ impl Map {
     }
 }
 
+/// The memory store's size without a `[jobs]` table: a router that was not
+/// asked to keep jobs keeps recent ones for the status API, in bounded
+/// memory, whatever its traffic.
+pub const DEFAULT_LIMIT: u64 = 64 << 20;
+
 impl Default for MemoryStore {
+    /// A store within [`DEFAULT_LIMIT`].
     fn default() -> Self {
-        Self::with_limit(bytesize::ByteSize::gib(1).as_u64())
+        Self::with_limit(DEFAULT_LIMIT)
     }
 }
 
@@ -55,8 +61,15 @@ impl MemoryStore {
         }
     }
 
+    /// A job's size: its encoded length once it is done (what eviction
+    /// frees), and an estimate while it runs, so that the several writes
+    /// of a running broadcast do not each encode the whole job.
     fn size_of(job: &Job) -> u64 {
-        serde_json::to_vec(job).map_or(0, |json| json.len() as u64)
+        if job.state == JobState::Done {
+            serde_json::to_vec(job).map_or(0, |json| json.len() as u64)
+        } else {
+            job.estimated_size()
+        }
     }
 
     fn expired(job: &Job, retention: Duration, now: u64) -> bool {
@@ -174,6 +187,10 @@ impl JobStore for MemoryStore {
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn writes_at_once(&self) -> bool {
+        true
     }
 }
 
