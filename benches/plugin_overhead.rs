@@ -3,7 +3,7 @@
 //!
 //! - The host's own overhead: the `noop` test plugin, which implements all
 //!   three hooks and does nothing — a fresh instance, `init`,
-//!   `select-targets`, `transform` for every pod, `aggregate`, and dropping
+//!   `select-targets`, `transform` over the pods, `aggregate`, and dropping
 //!   the instance.
 //! - The three examples chained (shard-filter, hmac-sign, quorum-merge).
 //! - Where the time goes: each example alone, and the `stress` test plugin
@@ -102,14 +102,9 @@ impl Broadcast {
         let head = request_head("bench-broadcast", route, &self.request);
         let selected = session.select(&head, self.targets.clone()).expect("select");
         let requests: Vec<_> = if chain.transforms() {
-            selected
-                .iter()
-                .map(|target| {
-                    session
-                        .transform(&head, &self.request, target)
-                        .expect("transform")
-                })
-                .collect()
+            session
+                .transform(&head, &self.request, &selected)
+                .expect("transform")
         } else {
             vec![Arc::clone(&self.request); selected.len()]
         };

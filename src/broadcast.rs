@@ -477,8 +477,9 @@ impl Broadcaster {
 }
 
 /// Runs the route's plugins over the discovered pods: selection (in chain
-/// order), then each pod's transforms. Without plugins, every pod shares
-/// the one request.
+/// order), then the transforms of every selected pod's copy (pods whose
+/// copies no plugin told apart keep sharing one). Without plugins, every
+/// pod shares the one request.
 fn prepare(
     endpoint: &Endpoint,
     id: &str,
@@ -509,10 +510,7 @@ fn prepare(
         });
     }
     let requests = if endpoint.plugins.transforms() {
-        targets
-            .iter()
-            .map(|target| session.transform(&head, &request, target))
-            .collect::<Result<Vec<_>, _>>()?
+        session.transform(&head, &request, &targets)?
     } else {
         vec![request; targets.len()]
     };

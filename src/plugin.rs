@@ -1,5 +1,6 @@
 //! The Wasm plugin host: loading user plugins (components of the
-//! `broadcast:plugin` world in `plugins/wit/`) and running them with hard
+//! `broadcast:plugin` world in `plugins/wit/`, version 0.2.0, or of the
+//! frozen 0.1.0 in `plugins/wit/v0.1.0/`) and running them with hard
 //! limits.
 //!
 //! - One wasmtime `Engine` per configuration, with the pooling allocator

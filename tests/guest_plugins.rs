@@ -1,8 +1,8 @@
 //! Python and JavaScript plugins, built from source with the pinned
 //! componentize-py and componentize-js, through the real router with real
 //! pods: the templates of all three languages do the same thing; each
-//! language's plugins filter pods, transform each copy and decide the
-//! answer; a returned error and a thrown exception fail the broadcast with
+//! language's plugins filter pods, transform each copy (one call for the
+//! pods that share a copy) and decide the answer; a returned error and a thrown exception fail the broadcast with
 //! the plugin's own message; the Python and JavaScript ports of
 //! shard-filter pick exactly the pods the Rust one picks; and with
 //! `instances = "reuse"` state survives between broadcasts until a failure
@@ -152,9 +152,13 @@ async fn python_and_javascript_plugins_filter_transform_and_aggregate() {
         let answer = router.post(&format!("/{language}-probe"), "{}").await;
         assert_eq!(answer.status, StatusCode::OK, "{language}: {}", answer.json);
         // The aggregate hook decides the answer.
+        // One transform call for both pods, one patch for each.
         assert_eq!(
             answer.json,
-            json!({"probe": language, "answered": 2, "pods": 2, "broadcasts": 1}),
+            json!({
+                "probe": language, "answered": 2, "pods": 2, "broadcasts": 1,
+                "transform_calls": 1, "transformed": 2,
+            }),
             "{language}"
         );
         assert_eq!(answer.header("x-broadcast-targets"), "2");
@@ -225,6 +229,53 @@ async fn returned_errors_and_thrown_exceptions_fail_closed_with_the_plugins_mess
             answer.json
         );
         assert_eq!(answer.json["succeeded"], 2, "the pods were reached");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn python_and_javascript_plugins_are_called_once_per_distinct_copy() {
+    let pods = Pods::start(226, &[Behaviour::Ok, Behaviour::Ok, Behaviour::Ok]).await;
+    let mut config = preamble(None);
+    config.push_str(&plugins::table(
+        "sign",
+        "hmac_sign.wasm",
+        &format!("memory = \"{}\"", plugins::GUEST_MEMORY),
+    ));
+    for language in LANGUAGES {
+        config.push_str(&plugins::guest_table(
+            language,
+            &format!("probe_{language}.wasm"),
+            "",
+        ));
+        // hmac-sign gives every pod the same patch, or with add_target
+        // one of its own.
+        for (name, add_target) in [("shared", false), ("own", true)] {
+            config.push_str(&route(
+                &format!("{language}-{name}"),
+                &pods,
+                &format!(
+                    "[{{ use = \"sign\", config = {{ secret = \"k\", add_target = {add_target} }} }}, \
+                      {{ use = \"{language}\" }}]"
+                ),
+            ));
+        }
+    }
+    let router = TestRouter::start(&config).await;
+    for language in LANGUAGES {
+        for (name, calls) in [("shared", 1), ("own", 3)] {
+            let answer = router.post(&format!("/{language}-{name}"), "{}").await;
+            assert_eq!(answer.status, StatusCode::OK, "{language}: {}", answer.json);
+            assert_eq!(answer.json["transform_calls"], calls, "{language}-{name}");
+            assert_eq!(answer.json["transformed"], 3, "{language}-{name}");
+        }
+    }
+    for pod in &pods.pods {
+        let copies = pod.received();
+        assert_eq!(copies.len(), 4, "{}", pod.addr);
+        for copy in copies {
+            let stamp = copy.header("x-probe").unwrap_or_default();
+            assert!(stamp.ends_with(&pod.addr.ip().to_string()), "{stamp}");
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! `broadcast-router plugin test` and `plugin inspect`, run as a plugin
 //! author runs them, on Rust, Python and JavaScript plugins built from
-//! source: hooks run on JSON input without a router and print their
-//! results as JSON; inspect tells the world, hooks, imports, initial
-//! memory, and whether (and why not) this router can load a component.
+//! source, of both versions of the contract: hooks run on JSON input
+//! without a router and print their results as JSON; inspect tells the
+//! world, the contract's version, hooks, imports, initial memory, and
+//! whether (and why not) this router can load a component.
 
 mod support;
 
@@ -115,6 +116,52 @@ fn plugin_test_reports_init_and_hook_errors_and_exits_1() {
 }
 
 #[test]
+fn plugin_test_and_inspect_run_a_0_1_0_component_as_they_always_did() {
+    let legacy = plugins::built().join("legacy_v0_1.wasm");
+    let legacy = legacy.to_str().unwrap();
+    let input = r#"{
+      "config": { "skip": ["10.0.0.2"], "echo_header": "x-tag" },
+      "request": { "headers": { "x-tag": "t1" } },
+      "targets": ["10.0.0.1:8080", "10.0.0.2:8080", "10.0.0.3:8080"]
+    }"#;
+    let (code, results) = plugin(&["test", legacy], input);
+    assert_eq!(code, Some(0), "{results}");
+    assert_eq!(results["hooks"], json!(["select-targets", "transform"]));
+    assert_eq!(
+        results["select-targets"]["ok"],
+        json!(["10.0.0.1:8080", "10.0.0.3:8080"])
+    );
+    // One call per pod, each patch for its pod.
+    let copies = results["transform"]["ok"].as_array().unwrap();
+    let stamps: Vec<(&Value, &Value, &Value)> = copies
+        .iter()
+        .map(|copy| {
+            let headers = &copy["headers"];
+            (
+                &headers["x-legacy-target"],
+                &headers["x-legacy-call"],
+                &headers["x-legacy-echo"],
+            )
+        })
+        .collect();
+    assert_eq!(
+        stamps,
+        [
+            (&json!("10.0.0.1:8080"), &json!("1"), &json!("t1")),
+            (&json!("10.0.0.3:8080"), &json!("2"), &json!("t1")),
+        ]
+    );
+    let (code, facts) = plugin(&["inspect", legacy], "");
+    assert_eq!(code, Some(0), "{facts}");
+    assert_eq!(facts["package"], "broadcast:plugin@0.1.0");
+    assert_eq!(
+        facts["contract"],
+        json!({ "version": "0.1.0", "loads": true, "router": ["0.1.0", "0.2.0"], "current": "0.2.0" })
+    );
+    assert_eq!(facts["loadable"]["ok"], true);
+}
+
+#[test]
 fn plugin_inspect_tells_what_a_component_is_and_whether_it_loads() {
     let guests = plugins::guests();
     let python = guests.join("shard_filter_python.wasm");
@@ -122,7 +169,10 @@ fn plugin_inspect_tells_what_a_component_is_and_whether_it_loads() {
     let (code, facts) = plugin(&["inspect", python], "");
     assert_eq!(code, Some(0), "{facts}");
     assert_eq!(facts["world"], "plugin");
-    assert_eq!(facts["package"], "broadcast:plugin@0.1.0");
+    assert_eq!(facts["package"], "broadcast:plugin@0.2.0");
+    assert_eq!(facts["contract"]["version"], "0.2.0");
+    assert_eq!(facts["contract"]["loads"], true);
+    assert_eq!(facts["contract"]["router"], json!(["0.1.0", "0.2.0"]));
     assert_eq!(facts["hooks"], json!(["select-targets"]));
     assert_eq!(facts["loadable"]["ok"], true);
     let imports: Vec<&str> = facts["imports"]
@@ -132,7 +182,7 @@ fn plugin_inspect_tells_what_a_component_is_and_whether_it_loads() {
         .map(|import| import.as_str().unwrap())
         .collect();
     assert!(
-        imports.contains(&"broadcast:plugin/log@0.1.0"),
+        imports.contains(&"broadcast:plugin/log@0.2.0"),
         "{imports:?}"
     );
     let memory = facts["initial_memory_bytes"].as_u64().unwrap();

@@ -9,11 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::{self, Hooks, PluginPre};
+use super::bindings::{self, Contract, Hooks, PluginPre};
 use super::output::{CallOutput, Output};
 use super::run_plugins;
 use crate::config::{Config, Instances, OnError, PluginConfig};
@@ -44,6 +44,8 @@ pub struct LoadedPlugin {
     pub name: Arc<str>,
     /// The hooks it implements.
     pub hooks: Hooks,
+    /// The version of the contract it was built for.
+    pub contract: Contract,
     /// Its failure policy.
     pub on_error: OnError,
     /// Its memory cap in bytes.
@@ -121,10 +123,8 @@ impl PluginHost {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|error| format!("cannot link WASI: {error}"))?;
-        bindings::Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| {
-            state
-        })
-        .map_err(|error| format!("cannot link the plugin imports: {error}"))?;
+        bindings::contract::add_to_linker(&mut linker)
+            .map_err(|error| format!("cannot link the plugin imports: {error}"))?;
         Ok(Self {
             ticker: Arc::new(EpochTicker::start(engine.clone())),
             engine,
@@ -148,21 +148,26 @@ impl PluginHost {
                 format!("{} is not a loadable component: {error}", config.path.display())
             }
         })?;
+        // The version first: a component built for another one would
+        // otherwise be refused for imports the router does not provide.
+        let contract = Contract::of(&component, &self.engine)
+            .map_err(|error| format!("{} {error}", config.path.display()))?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|error| {
             format!(
                 "{} imports something the router does not provide (plugins get the log interface and WASI 0.2, without files, sockets or environment): {error:#}",
                 config.path.display()
             )
         })?;
-        let pre = PluginPre::new(instance_pre).map_err(|error| {
+        let pre = PluginPre::new(contract, instance_pre).map_err(|error| {
             format!(
-                "{} does not export the `plugin` world of broadcast:plugin@0.1.0: {error:#}",
+                "{} does not export the `plugin` world of {contract}: {error:#}",
                 config.path.display()
             )
         })?;
         let mut plugin = LoadedPlugin {
             name: name.into(),
             hooks: Hooks::empty(),
+            contract,
             on_error: config.on_error,
             memory: usize::try_from(config.memory.as_u64()).unwrap_or(usize::MAX),
             hook_timeout: config.hook_timeout,
@@ -190,6 +195,7 @@ impl PluginHost {
             plugin = name,
             path = %config.path.display(),
             hooks = ?plugin.hooks,
+            contract = contract.version(),
             "Plugin loaded."
         );
         Ok(plugin)
@@ -357,6 +363,7 @@ impl WasiView for HostState {
     }
 }
 
+// One host for both versions: 0.1.0's bindings reuse these interfaces.
 impl bindings::broadcast::plugin::types::Host for HostState {}
 
 impl bindings::broadcast::plugin::log::Host for HostState {

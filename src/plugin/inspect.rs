@@ -1,7 +1,8 @@
 //! `broadcast-router plugin inspect FILE`: what a component is, as the
-//! router sees it — its world and version, the hooks it declares, what it
-//! imports and exports, its initial memory, and whether this router can
-//! load it (and if not, why).
+//! router sees it — its world and the version of the contract it was
+//! built for (and whether this router loads that version), the hooks it
+//! declares, what it imports and exports, its initial memory, and whether
+//! this router can load it (and if not, why).
 
 use std::path::Path;
 use std::time::Duration;
@@ -11,11 +12,9 @@ use wasmtime::component::Component;
 use wasmtime::{Engine, component::types::ComponentItem};
 
 use super::Plugins;
+use super::bindings::Contract;
 use super::tryout::TryoutError;
 use crate::config::Config;
-
-/// The package and version this router's contract has.
-const CONTRACT: &str = "broadcast:plugin@0.1.0";
 
 /// Inspects the component at `path`, loading it as a plugin with a
 /// `memory` cap and `hook_timeout` (its `init` runs with `{}`). Fails only
@@ -72,11 +71,21 @@ pub fn inspect(path: &Path, memory: &str, hook_timeout: Duration) -> Result<Valu
             _ => name.to_owned(),
         })
         .collect();
-    // The world's package and version, from its import of the log interface.
-    let package = imports
-        .iter()
-        .find_map(|name| name.strip_prefix("broadcast:plugin/log@"))
+    // The world's package and version, from its imports of the contract's
+    // interfaces (`types`, `log`).
+    let version = match Contract::imported_versions(&component, &engine).as_slice() {
+        [version] => Some(version.clone()),
+        _ => None,
+    };
+    let package = version
+        .as_ref()
         .map(|version| format!("broadcast:plugin@{version}"));
+    let contract = json!({
+        "version": version,
+        "loads": version.as_deref().and_then(Contract::parse).is_some(),
+        "router": Contract::ALL.map(Contract::version),
+        "current": Contract::CURRENT.version(),
+    });
     let initial_memory = component
         .resources_required()
         .and_then(|resources| resources.max_initial_memory_size)
@@ -85,7 +94,7 @@ pub fn inspect(path: &Path, memory: &str, hook_timeout: Duration) -> Result<Valu
         "file": path.display().to_string(),
         "world": "plugin",
         "package": package,
-        "contract": CONTRACT,
+        "contract": contract,
         "hooks": hooks,
         "imports": imports,
         "exports": exports,

@@ -5,7 +5,10 @@
 //! a chain whose plugins only select targets never instantiates anything
 //! after selection. After any failure the plugin is out of the broadcast:
 //! `fail-closed` ends the broadcast with 502, `fail-open` carries on as if
-//! the plugin were absent.
+//! the plugin were absent. `transform` runs each plugin over the groups of
+//! pods that share a copy of the request (its own file, `transform`).
+
+mod transform;
 
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use crate::aggregate::PluginVerdict;
 use crate::config::{Instances, OnError};
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
-use crate::vocabulary::delivery::{Delivery, PodRequest};
+use crate::vocabulary::delivery::Delivery;
 use crate::vocabulary::target::Target;
 
 /// A plugin failed and its policy is `fail-closed`: the broadcast answers
@@ -257,51 +260,6 @@ impl Session {
         Ok(targets)
     }
 
-    /// Runs every `transform` hook in chain order for one pod.
-    pub fn transform(
-        &mut self,
-        head: &RequestHead,
-        request: &Arc<PodRequest>,
-        target: &Target,
-    ) -> Result<Arc<PodRequest>, PluginFailure> {
-        let addresses = self.take_addresses(std::slice::from_ref(target));
-        let labels = target.labels();
-        let record = bindings::target(target, address_of(&addresses, target), &labels);
-        let mut request = Arc::clone(request);
-        let mut result = Ok(());
-        for index in 0..self.members.len() {
-            if !self.members[index]
-                .link
-                .plugin
-                .hooks
-                .contains(Hooks::TRANSFORM)
-            {
-                continue;
-            }
-            // Each plugin sees the copy as the previous ones patched it.
-            let current = Arc::clone(&request);
-            let lent = LentHeaders::new(&current.headers);
-            let headers = lent.lend();
-            let wit_request = head.request(&current, &headers);
-            match self.call(
-                index,
-                Hooks::TRANSFORM,
-                "transform",
-                |plugin, store| plugin.call_transform(store, wit_request, record.clone()),
-                |patch| bindings::apply(&current, patch),
-            ) {
-                Ok(Some(patched)) => request = patched,
-                Ok(None) => {}
-                Err(failure) => {
-                    result = Err(failure);
-                    break;
-                }
-            }
-        }
-        self.addresses = addresses;
-        result.map(|()| request)
-    }
-
     /// Runs the chain's `aggregate` hook, if any: `Ok(None)` means the
     /// route's built-in policy decides.
     pub fn aggregate(
@@ -449,7 +407,7 @@ impl Session {
 }
 
 /// `target`'s address from [`Session::take_addresses`].
-fn address_of<'a>(addresses: &'a [Option<String>], target: &Target) -> &'a str {
+pub(super) fn address_of<'a>(addresses: &'a [Option<String>], target: &Target) -> &'a str {
     addresses
         .get(target.index)
         .and_then(Option::as_deref)

@@ -2,10 +2,11 @@
 //! as JSON, without a router or pods, each hook's result as JSON. Plugin
 //! authors in any language test with it.
 //!
-//! The plugin runs exactly as on a route: loaded and checked against the
-//! contract, `init` run with the config, then `select-targets`,
-//! `transform` for every selected pod and `aggregate` on the given
-//! outcomes, with the router's checks on everything it returns. What the
+//! The plugin runs exactly as on a route: loaded and checked against its
+//! version of the contract (0.1.0 or 0.2.0), `init` run with the config,
+//! then `select-targets`, `transform` over the selected pods (one call for
+//! all of them, or one per pod for a 0.1.0 plugin) and `aggregate` on the
+//! given outcomes, with the router's checks on everything it returns. What the
 //! plugin writes to stdout and stderr goes to the log (stderr).
 
 use std::net::SocketAddr;
@@ -190,18 +191,18 @@ pub fn run(
         record("select-targets", Ok(json!(kept)));
     }
     if hooks.contains(&"transform") {
-        let mut copies = Vec::new();
-        let mut failed = None;
-        for target in &selected {
-            match session.transform(&head, &request, target) {
-                Ok(copy) => copies.push(describe(target, &copy)),
-                Err(failure) => {
-                    failed = Some(failure.cause.to_string());
-                    break;
-                }
-            }
-        }
-        record("transform", failed.map_or(Ok(Value::Array(copies)), Err));
+        let copies = session
+            .transform(&head, &request, &selected)
+            .map(|copies| {
+                let described = selected.iter().zip(&copies);
+                Value::Array(
+                    described
+                        .map(|(target, copy)| describe(target, copy))
+                        .collect(),
+                )
+            })
+            .map_err(|failure| failure.cause.to_string());
+        record("transform", copies);
     }
     if hooks.contains(&"aggregate") {
         let outcomes = selected

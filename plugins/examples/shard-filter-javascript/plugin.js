@@ -5,7 +5,7 @@
 //
 // `exclude` compares addresses as the router writes them (IPv6 in its
 // shortest form, e.g. "fd00::5").
-import { log } from "broadcast:plugin/log@0.1.0";
+import { log } from "broadcast:plugin/log@0.2.0";
 
 const MASK = (1n << 64n) - 1n;
 const KEYS = ["key_header", "replicas", "shards", "missing_key", "exclude", "sample_percent", "key_json_field"];

@@ -130,7 +130,7 @@ class WitWorld(wit_world.WitWorld):
             return kept or [min(scored)[1]] if scored else []
         return [position for position, _ in chosen]
 
-    def transform(self, request: types.Request, target: types.Target) -> types.RequestPatch:
+    def transform(self, request: types.Request, targets: List[types.Target]) -> List[types.RequestPatch]:
         raise Err("shard-filter does not transform")
 
     def aggregate(self, head: types.RequestHead, outcomes: List[types.Outcome]) -> types.Verdict:

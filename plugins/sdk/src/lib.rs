@@ -1,7 +1,8 @@
 //! Write broadcast-router WebAssembly plugins in Rust.
 //!
 //! A plugin is a `wasm32-wasip2` component that exports the `plugin` world of
-//! `plugins/wit/plugin.wit`. This crate hides the generated bindings: you
+//! `plugins/wit/plugin.wit` (`broadcast:plugin@0.2.0`, whose `transform`
+//! takes many pods in one call). This crate hides the generated bindings: you
 //! implement [`Plugin`] for a type built from a typed, serde-deserialised
 //! config, override the hooks you declare in [`Plugin::HOOKS`], and call
 //! [`export_plugin!`] once. The router creates a fresh instance for every
@@ -113,8 +114,32 @@ pub trait Plugin: Sized + 'static {
         Ok((0..targets.len() as u32).collect())
     }
 
-    /// Changes one pod's copy of the request. The default changes nothing.
-    fn transform(&self, request: &Request, target: &Target) -> Result<RequestPatch, String> {
+    /// Changes the pods' copies of the request: returns one patch per
+    /// element of `targets`, in the same order (another count fails the
+    /// broadcast as invalid output). The default asks
+    /// [`transform_target`](Plugin::transform_target) for each target.
+    ///
+    /// Every pod of `targets` gets `request` as it is: the router makes one
+    /// call for all the selected pods, and one per distinct copy when an
+    /// earlier plugin of the route's chain gave pods different copies.
+    /// Pods given equal patches keep sharing one copy, so a later plugin
+    /// still gets them in one call: return the same patch for pods that
+    /// need no difference. Override this hook for work that is the same
+    /// for every pod, done once (parsing the body, a signature's key…).
+    fn transform(
+        &self,
+        request: &Request,
+        targets: &[Target],
+    ) -> Result<Vec<RequestPatch>, String> {
+        targets
+            .iter()
+            .map(|target| self.transform_target(request, target))
+            .collect()
+    }
+
+    /// Changes one pod's copy of the request, for the default
+    /// [`transform`](Plugin::transform). The default changes nothing.
+    fn transform_target(&self, request: &Request, target: &Target) -> Result<RequestPatch, String> {
         let _ = (request, target);
         Ok(RequestPatch::default())
     }
@@ -230,24 +255,24 @@ pub mod __private {
             runtime_path: "::broadcast_plugin_sdk::__private::wit_bindgen::rt",
             additional_derives: [PartialEq],
             additional_type_attributes: {
-                "broadcast:plugin/types@0.1.0/request-patch": [#[derive(Default)]],
+                "broadcast:plugin/types@0.2.0/request-patch": [#[derive(Default)]],
             },
             additional_member_attributes: {
-                "broadcast:plugin/types@0.1.0/header.name": [#[doc = " The header's name, lowercase."]],
-                "broadcast:plugin/types@0.1.0/header.value": [#[doc = " The header's value."]],
-                "broadcast:plugin/types@0.1.0/request.head": [#[doc = " The method, path, headers and broadcast id."]],
-                "broadcast:plugin/types@0.1.0/request.body": [#[doc = " The request body, the same for every pod."]],
-                "broadcast:plugin/types@0.1.0/error-kind.connect": [#[doc = " No connection could be made (refused, unreachable)."]],
-                "broadcast:plugin/types@0.1.0/error-kind.timeout": [#[doc = " An attempt took longer than the route's `timeout`."]],
-                "broadcast:plugin/types@0.1.0/error-kind.status": [#[doc = " The pod answered with a non-2xx status."]],
-                "broadcast:plugin/types@0.1.0/error-kind.reset": [#[doc = " The connection broke mid-exchange."]],
-                "broadcast:plugin/types@0.1.0/error-kind.deadline": [#[doc = " The broadcast's `deadline` passed before the pod answered."]],
-                "broadcast:plugin/types@0.1.0/error-kind.protocol": [#[doc = " The pod's answer was not valid HTTP."]],
-                "broadcast:plugin/log@0.1.0/level.trace": [#[doc = " Very detailed tracing."]],
-                "broadcast:plugin/log@0.1.0/level.debug": [#[doc = " Details for debugging."]],
-                "broadcast:plugin/log@0.1.0/level.info": [#[doc = " Normal operation."]],
-                "broadcast:plugin/log@0.1.0/level.warn": [#[doc = " Something unexpected that the plugin handled."]],
-                "broadcast:plugin/log@0.1.0/level.error": [#[doc = " A failure."]],
+                "broadcast:plugin/types@0.2.0/header.name": [#[doc = " The header's name, lowercase."]],
+                "broadcast:plugin/types@0.2.0/header.value": [#[doc = " The header's value."]],
+                "broadcast:plugin/types@0.2.0/request.head": [#[doc = " The method, path, headers and broadcast id."]],
+                "broadcast:plugin/types@0.2.0/request.body": [#[doc = " The request body, the same for every pod."]],
+                "broadcast:plugin/types@0.2.0/error-kind.connect": [#[doc = " No connection could be made (refused, unreachable)."]],
+                "broadcast:plugin/types@0.2.0/error-kind.timeout": [#[doc = " An attempt took longer than the route's `timeout`."]],
+                "broadcast:plugin/types@0.2.0/error-kind.status": [#[doc = " The pod answered with a non-2xx status."]],
+                "broadcast:plugin/types@0.2.0/error-kind.reset": [#[doc = " The connection broke mid-exchange."]],
+                "broadcast:plugin/types@0.2.0/error-kind.deadline": [#[doc = " The broadcast's `deadline` passed before the pod answered."]],
+                "broadcast:plugin/types@0.2.0/error-kind.protocol": [#[doc = " The pod's answer was not valid HTTP."]],
+                "broadcast:plugin/log@0.2.0/level.trace": [#[doc = " Very detailed tracing."]],
+                "broadcast:plugin/log@0.2.0/level.debug": [#[doc = " Details for debugging."]],
+                "broadcast:plugin/log@0.2.0/level.info": [#[doc = " Normal operation."]],
+                "broadcast:plugin/log@0.2.0/level.warn": [#[doc = " Something unexpected that the plugin handled."]],
+                "broadcast:plugin/log@0.2.0/level.error": [#[doc = " A failure."]],
             },
         });
     }
@@ -274,9 +299,9 @@ pub mod __private {
             })
         }
 
-        fn transform(request: Request, target: Target) -> Result<RequestPatch, String> {
+        fn transform(request: Request, targets: Vec<Target>) -> Result<Vec<RequestPatch>, String> {
             super::with_instance("transform", |plugin: &P| {
-                plugin.transform(&request, &target)
+                plugin.transform(&request, &targets)
             })
         }
 
@@ -445,8 +470,8 @@ mod tests {
         );
         let request = testing::request("b-1", b"{}");
         assert_eq!(
-            Exports::<Every>::transform(request, targets[1].clone()),
-            Ok(RequestPatch::default())
+            Exports::<Every>::transform(request, targets[1..3].to_vec()),
+            Ok(vec![RequestPatch::default(); 2])
         );
         assert_eq!(
             Exports::<Every>::aggregate(head, Vec::new()),
@@ -463,9 +488,10 @@ mod tests {
         ];
         let head = testing::head("b-2");
         assert_eq!(plugin.select_targets(&head, &targets), Ok(vec![0, 1]));
-        let patch = plugin
-            .transform(&testing::request("b-2", b""), &targets[0])
+        let patches = plugin
+            .transform(&testing::request("b-2", b""), &targets)
             .unwrap();
-        assert!(patch.is_empty());
+        assert_eq!(patches.len(), 2);
+        assert!(patches.iter().all(RequestPatch::is_empty));
     }
 }

@@ -31,7 +31,7 @@ if [[ "$("${tool}" --version 2>/dev/null)" != "${pinned}" ]]; then
 fi
 
 mkdir -p "$(dirname "${out}")"
-# -n plugin: the world's name (its package is broadcast:plugin@0.1.0).
+# -n plugin: the world's name (its package is broadcast:plugin@0.2.0).
 # -d http fetch-event: a plugin has no HTTP; without this the component
 # imports wasi:http, which the router does not provide.
 # The WIT path is given relative to the working directory: componentize-js

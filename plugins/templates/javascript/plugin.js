@@ -1,7 +1,8 @@
 // A complete minimal broadcast-router plugin in JavaScript: copy this folder.
 //
 // - select-targets: every pod except those listed in the config's `skip`;
-// - transform: sets `x-plugin-tag` on each pod's copy when `tag` is set;
+// - transform: sets `x-plugin-tag` on each pod's copy when `tag` is set
+//   (one call for many pods: one patch per pod, in order);
 // - aggregate: ok when every pod answered 2xx (200, else 502), with a JSON
 //   summary as the body.
 //
@@ -9,7 +10,7 @@
 // becomes the hook's error, with the message. (componentize-js itself can
 // only return a thrown string; an Error thrown outside `hook` traps, and
 // its message is lost.)
-import { log } from "broadcast:plugin/log@0.1.0";
+import { log } from "broadcast:plugin/log@0.2.0";
 
 // The route's `config` table, parsed once per instance in init.
 let config = {};
@@ -38,12 +39,15 @@ export const selectTargets = hook((head, targets) => {
   return kept;
 });
 
-export const transform = hook((request, target) => {
+export const transform = hook((request, targets) => {
+  // One patch per target, in order. The tag is the same for every pod, so
+  // every pod gets the same patch (and the pods keep sharing one copy).
   const setHeaders = [];
   if (config.tag !== undefined) {
     setHeaders.push({ name: "x-plugin-tag", value: String(config.tag) });
   }
-  return { setHeaders, removeHeaders: [], path: undefined, body: undefined };
+  const patch = { setHeaders, removeHeaders: [], path: undefined, body: undefined };
+  return targets.map(() => patch);
 });
 
 export const aggregate = hook((head, outcomes) => {

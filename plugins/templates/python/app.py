@@ -1,7 +1,8 @@
 """A complete minimal broadcast-router plugin in Python: copy this folder.
 
 - select-targets: every pod except those listed in the config's `skip`;
-- transform: sets `x-plugin-tag` on each pod's copy when `tag` is set;
+- transform: sets `x-plugin-tag` on each pod's copy when `tag` is set
+  (one call for many pods: one patch per pod, in order);
 - aggregate: ok when every pod answered 2xx (200, else 502), with a JSON
   summary as the body.
 
@@ -38,11 +39,14 @@ class WitWorld(wit_world.WitWorld):
         log.log(log.Level.DEBUG, "selected", [("kept", str(len(kept)))])
         return kept
 
-    def transform(self, request: types.Request, target: types.Target) -> types.RequestPatch:
+    def transform(self, request: types.Request, targets: List[types.Target]) -> List[types.RequestPatch]:
+        # One patch per target, in order. The tag is the same for every pod,
+        # so every pod gets the same patch (and the pods keep sharing one copy).
         headers = []
         if "tag" in config:
             headers.append(types.Header(name="x-plugin-tag", value=str(config["tag"])))
-        return types.RequestPatch(set_headers=headers, remove_headers=[], path=None, body=None)
+        patch = types.RequestPatch(set_headers=headers, remove_headers=[], path=None, body=None)
+        return [patch for _ in targets]
 
     def aggregate(self, head: types.RequestHead, outcomes: List[types.Outcome]) -> types.Verdict:
         answered = sum(1 for outcome in outcomes if outcome.error is None)

@@ -33,6 +33,6 @@ fi
 
 mkdir -p "$(dirname "${out}")"
 cd "${src}"
-# -w plugin: the world's name (its package is broadcast:plugin@0.1.0).
+# -w plugin: the world's name (its package is broadcast:plugin@0.2.0).
 "${venv}/bin/componentize-py" -d "${WIT}" -w plugin componentize app -o "${out}" >/dev/null
 echo "${out}"

@@ -1,6 +1,8 @@
 // probe-javascript: for the router's tests only. A plugin that does, on
 // demand, what a JavaScript plugin author may do: print, return an error,
 // throw, filter, transform, aggregate, keep state between broadcasts.
+// Its verdict's body counts its transform calls (`transform_calls`) and
+// the targets they had (`transformed`), since the instance started.
 //
 // Config (all optional):
 //   say          text written with console.log in init and every hook
@@ -14,11 +16,14 @@
 //   exclude      pod addresses select-targets leaves out
 // and, per request, the header `x-probe-fail: HOOK` makes HOOK return an
 // error.
-import { log } from "broadcast:plugin/log@0.1.0";
+import { log } from "broadcast:plugin/log@0.2.0";
 
 let config = {};
 // Broadcasts this instance has seen: above 1 only with instances = "reuse".
 let broadcasts = 0;
+// Calls of transform this instance has had, and the targets they had.
+let transformCalls = 0;
+let transformed = 0;
 
 function act(hook, head) {
   if (config.say !== undefined) {
@@ -59,14 +64,16 @@ export const selectTargets = hook("select-targets", (head, targets) => {
   return kept;
 });
 
-export const transform = hook("transform", (request, target) => {
+export const transform = hook("transform", (request, targets) => {
+  transformCalls += 1;
+  transformed += targets.length;
   act("transform", request.head);
-  return {
+  return targets.map((target) => ({
     setHeaders: [{ name: "x-probe", value: `javascript ${target.address}` }],
     removeHeaders: [],
     path: undefined,
     body: undefined,
-  };
+  }));
 });
 
 export const aggregate = hook("aggregate", (head, outcomes) => {
@@ -77,6 +84,8 @@ export const aggregate = hook("aggregate", (head, outcomes) => {
     answered,
     pods: outcomes.length,
     broadcasts,
+    transform_calls: transformCalls,
+    transformed,
   });
   return {
     ok: answered === outcomes.length,

@@ -1,6 +1,8 @@
 """probe-python: for the router's tests only. A plugin that does, on
 demand, what a Python plugin author may do: print, return an error,
 raise, filter, transform, aggregate, keep state between broadcasts.
+Its verdict's body counts its `transform` calls (`transform_calls`) and
+the targets they had (`transformed`), since the instance started.
 
 Config (all optional):
   say        text printed in init and every hook
@@ -22,6 +24,9 @@ from wit_world.imports import log, types
 config = {}
 # Broadcasts this instance has seen: above 1 only with instances = "reuse".
 broadcasts = 0
+# Calls of transform this instance has had, and the targets they had.
+transform_calls = 0
+transformed = 0
 
 
 def act(hook: str, head: Optional[types.RequestHead] = None) -> None:
@@ -52,15 +57,32 @@ class WitWorld(wit_world.WitWorld):
         exclude = config.get("exclude", [])
         return [position for position, target in enumerate(targets) if target.address not in exclude]
 
-    def transform(self, request: types.Request, target: types.Target) -> types.RequestPatch:
+    def transform(self, request: types.Request, targets: List[types.Target]) -> List[types.RequestPatch]:
+        global transform_calls, transformed
+        transform_calls += 1
+        transformed += len(targets)
         act("transform", request.head)
-        header = types.Header(name="x-probe", value=f"python {target.address}")
-        return types.RequestPatch(set_headers=[header], remove_headers=[], path=None, body=None)
+        return [
+            types.RequestPatch(
+                set_headers=[types.Header(name="x-probe", value=f"python {target.address}")],
+                remove_headers=[],
+                path=None,
+                body=None,
+            )
+            for target in targets
+        ]
 
     def aggregate(self, head: types.RequestHead, outcomes: List[types.Outcome]) -> types.Verdict:
         act("aggregate", head)
         answered = sum(1 for outcome in outcomes if outcome.error is None)
-        body = {"probe": "python", "answered": answered, "pods": len(outcomes), "broadcasts": broadcasts}
+        body = {
+            "probe": "python",
+            "answered": answered,
+            "pods": len(outcomes),
+            "broadcasts": broadcasts,
+            "transform_calls": transform_calls,
+            "transformed": transformed,
+        }
         return types.Verdict(
             ok=answered == len(outcomes),
             status=200,

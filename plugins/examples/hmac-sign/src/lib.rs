@@ -74,27 +74,50 @@ impl Plugin for HmacSign {
         })
     }
 
-    fn transform(&self, request: &Request, target: &Target) -> Result<RequestPatch, String> {
-        let mut patch = RequestPatch::new();
-        let body = if self.add_fields.is_empty() && !self.add_target {
-            request.body.clone()
-        } else {
-            let merged = self.merge(&request.body, target)?;
-            if request.body.is_empty() {
-                patch = patch.set_header("content-type", "application/json");
-            }
-            patch = patch.with_body(merged.clone());
-            merged
+    /// Parses the body and merges `add_fields` once for all `targets`;
+    /// without `add_target` every pod gets the same patch (so the pods
+    /// keep sharing one copy), with it each pod its own body and signature.
+    fn transform(
+        &self,
+        request: &Request,
+        targets: &[Target],
+    ) -> Result<Vec<RequestPatch>, String> {
+        let id = &request.head.broadcast_id;
+        if self.add_fields.is_empty() && !self.add_target {
+            let signature = sign(&self.secret, id, &request.body);
+            let patch = RequestPatch::new().set_header(&self.header, signature);
+            return Ok(vec![patch; targets.len()]);
+        }
+        let mut object = self.merge(&request.body)?;
+        let mut base = RequestPatch::new();
+        if request.body.is_empty() {
+            base = base.set_header("content-type", "application/json");
+        }
+        let signed = |object: &Map<String, Value>| -> Result<RequestPatch, String> {
+            let body = serde_json::to_vec(object).map_err(|error| error.to_string())?;
+            let signature = sign(&self.secret, id, &body);
+            Ok(base
+                .clone()
+                .with_body(body)
+                .set_header(&self.header, signature))
         };
-        let signature = sign(&self.secret, &request.head.broadcast_id, &body);
-        Ok(patch.set_header(&self.header, signature))
+        if !self.add_target {
+            return Ok(vec![signed(&object)?; targets.len()]);
+        }
+        targets
+            .iter()
+            .map(|target| {
+                object.insert("target".into(), Value::String(target.authority()));
+                signed(&object)
+            })
+            .collect()
     }
 }
 
 impl HmacSign {
-    /// The body with the configured fields merged in; an empty body counts
-    /// as `{}`.
-    fn merge(&self, body: &[u8], target: &Target) -> Result<Vec<u8>, String> {
+    /// The body as a JSON object with `add_fields` merged in; an empty
+    /// body counts as `{}`.
+    fn merge(&self, body: &[u8]) -> Result<Map<String, Value>, String> {
         let mut object = if body.is_empty() {
             Map::new()
         } else {
@@ -117,10 +140,7 @@ impl HmacSign {
         for (name, value) in &self.add_fields {
             object.insert(name.clone(), value.clone());
         }
-        if self.add_target {
-            object.insert("target".into(), Value::String(target.authority()));
-        }
-        serde_json::to_vec(&object).map_err(|error| error.to_string())
+        Ok(object)
     }
 }
 
@@ -174,19 +194,27 @@ mod tests {
         let signer = plugin(r#"{"secret": "s3cret"}"#);
         let request = testing::request("b-1", br#"{"a":1}"#);
         let target = testing::target(0, "10.0.0.1", 8080);
-        let patch = signer.transform(&request, &target).unwrap();
+        let patches = signer
+            .transform(
+                &request,
+                &[target.clone(), testing::target(1, "10.0.0.2", 8080)],
+            )
+            .unwrap();
+        assert_eq!(patches.len(), 2);
+        assert_eq!(patches[0], patches[1], "one body, one signature for all");
+        let patch = &patches[0];
         assert_eq!(patch.body, None);
         assert_eq!(patch.set_headers.len(), 1);
         assert_eq!(
-            header(&patch, "x-broadcast-signature"),
+            header(patch, "x-broadcast-signature"),
             Some(sign(b"s3cret", "b-1", br#"{"a":1}"#).as_str())
         );
         // Any body can be signed when nothing is merged, even a non-JSON one.
         let raw = signer
-            .transform(&testing::request("b-1", b"\x00\x01"), &target)
+            .transform(&testing::request("b-1", b"\x00\x01"), &[target])
             .unwrap();
         assert_eq!(
-            header(&raw, "x-broadcast-signature"),
+            header(&raw[0], "x-broadcast-signature"),
             Some(sign(b"s3cret", "b-1", b"\x00\x01").as_str())
         );
     }
@@ -197,12 +225,14 @@ mod tests {
             r#"{"secret": "k", "header": "X-Sig", "add_fields": {"source": "router", "a": 2}, "add_target": true}"#,
         );
         let request = testing::request("b-7", br#"{"a":1,"b":[true]}"#);
-        let first = signer
-            .transform(&request, &testing::target(0, "10.0.0.1", 80))
-            .unwrap();
-        let second = signer
-            .transform(&request, &testing::target(1, "fd00::5", 80))
-            .unwrap();
+        let targets = [
+            testing::target(0, "10.0.0.1", 80),
+            testing::target(1, "fd00::5", 80),
+        ];
+        let patches = signer.transform(&request, &targets).unwrap();
+        let [first, second] = &patches[..] else {
+            panic!("one patch per target: {patches:?}");
+        };
         let body: Value = serde_json::from_slice(first.body.as_ref().unwrap()).unwrap();
         assert_eq!(
             body,
@@ -211,10 +241,10 @@ mod tests {
         let other: Value = serde_json::from_slice(second.body.as_ref().unwrap()).unwrap();
         assert_eq!(other["target"], "[fd00::5]:80");
         assert_eq!(
-            header(&first, "x-sig"),
+            header(first, "x-sig"),
             Some(sign(b"k", "b-7", first.body.as_ref().unwrap()).as_str())
         );
-        assert_ne!(header(&first, "x-sig"), header(&second, "x-sig"));
+        assert_ne!(header(first, "x-sig"), header(second, "x-sig"));
         assert!(
             !first
                 .set_headers
@@ -225,23 +255,26 @@ mod tests {
     #[test]
     fn an_empty_body_becomes_an_object() {
         let signer = plugin(r#"{"secret": "k", "add_target": true}"#);
-        let patch = signer
+        let patches = signer
             .transform(
                 &testing::request("b", b""),
-                &testing::target(0, "10.0.0.1", 80),
+                &[testing::target(0, "10.0.0.1", 80)],
             )
             .unwrap();
         assert_eq!(
-            patch.body.as_deref(),
+            patches[0].body.as_deref(),
             Some(&br#"{"target":"10.0.0.1:80"}"#[..])
         );
-        assert_eq!(header(&patch, "content-type"), Some("application/json"));
+        assert_eq!(
+            header(&patches[0], "content-type"),
+            Some("application/json")
+        );
     }
 
     #[test]
     fn fields_cannot_be_added_to_other_bodies() {
         let signer = plugin(r#"{"secret": "k", "add_fields": {"x": 1}}"#);
-        let target = testing::target(0, "10.0.0.1", 80);
+        let target = [testing::target(0, "10.0.0.1", 80)];
         let array = signer
             .transform(&testing::request("b", b"[1]"), &target)
             .unwrap_err();
@@ -250,6 +283,24 @@ mod tests {
             .transform(&testing::request("b", b"hello"), &target)
             .unwrap_err();
         assert!(text.contains("is not JSON"), "{text}");
+    }
+
+    #[test]
+    fn merged_fields_without_the_target_give_every_pod_one_patch() {
+        let signer = plugin(r#"{"secret": "k", "add_fields": {"x": 1}}"#);
+        let targets = testing::targets(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], 80);
+        let patches = signer
+            .transform(&testing::request("b", br#"{"a":1}"#), &targets)
+            .unwrap();
+        assert_eq!(patches.len(), 3);
+        assert!(patches.iter().all(|patch| *patch == patches[0]));
+        assert_eq!(patches[0].body.as_deref(), Some(&br#"{"a":1,"x":1}"#[..]));
+        assert!(
+            signer
+                .transform(&testing::request("b", b""), &[])
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! a typed config, native unit tests.
 //!
 //! - `select-targets`: every pod except those listed in `skip`;
-//! - `transform`: sets `x-plugin-tag` on each pod's copy when `tag` is set;
+//! - `transform`: sets `x-plugin-tag` on each pod's copy when `tag` is set
+//!   (one call for many pods: one patch per pod);
 //! - `aggregate`: `ok` when every pod answered 2xx (200, else 502), with a
 //!   JSON summary as the body.
 #![forbid(unsafe_code)]
@@ -45,11 +46,21 @@ impl Plugin for Template {
         }))
     }
 
-    fn transform(&self, _request: &Request, _target: &Target) -> Result<RequestPatch, String> {
-        Ok(match &self.config.tag {
+    /// One patch per target, in order. The tag is the same for every pod,
+    /// so every pod gets the same patch (and the pods keep sharing one
+    /// copy). For a patch that depends on the pod, implement
+    /// `transform_target(request, target)` instead and let the SDK's
+    /// `transform` call it for each target.
+    fn transform(
+        &self,
+        _request: &Request,
+        targets: &[Target],
+    ) -> Result<Vec<RequestPatch>, String> {
+        let patch = match &self.config.tag {
             Some(tag) => RequestPatch::new().set_header("x-plugin-tag", tag.clone()),
             None => RequestPatch::new(),
-        })
+        };
+        Ok(vec![patch; targets.len()])
     }
 
     fn aggregate(&self, _head: &RequestHead, outcomes: &[Outcome]) -> Result<Verdict, String> {
@@ -76,10 +87,11 @@ mod tests {
         let targets = testing::targets(&["10.0.0.1", "10.0.0.2", "10.0.0.3"], 8080);
         let head = testing::head("b-1");
         assert_eq!(plugin.select_targets(&head, &targets), Ok(vec![0, 2]));
-        let patch = plugin
-            .transform(&testing::request("b-1", b"{}"), &targets[0])
+        let patches = plugin
+            .transform(&testing::request("b-1", b"{}"), &targets[..2])
             .unwrap();
-        assert!(!patch.is_empty());
+        assert_eq!(patches.len(), 2);
+        assert!(!patches[0].is_empty());
         let outcomes = [
             testing::answered(targets[0].clone(), 200, b"{}"),
             testing::failure(targets[2].clone(), ErrorKind::Timeout),

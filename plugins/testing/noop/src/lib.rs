@@ -26,8 +26,12 @@ impl Plugin for Noop {
         Ok((0..targets.len() as u32).collect())
     }
 
-    fn transform(&self, _request: &Request, _target: &Target) -> Result<RequestPatch, String> {
-        Ok(RequestPatch::new())
+    fn transform(
+        &self,
+        _request: &Request,
+        targets: &[Target],
+    ) -> Result<Vec<RequestPatch>, String> {
+        Ok(vec![RequestPatch::new(); targets.len()])
     }
 
     fn aggregate(&self, _head: &RequestHead, outcomes: &[Outcome]) -> Result<Verdict, String> {
@@ -49,10 +53,11 @@ mod tests {
         let targets = testing::targets(&["10.0.0.1", "10.0.0.2"], 80);
         let head = testing::head("b");
         assert_eq!(plugin.select_targets(&head, &targets), Ok(vec![0, 1]));
-        let patch = plugin
-            .transform(&testing::request("b", b""), &targets[0])
+        let patches = plugin
+            .transform(&testing::request("b", b""), &targets)
             .unwrap();
-        assert!(patch.is_empty());
+        assert_eq!(patches.len(), 2);
+        assert!(patches.iter().all(RequestPatch::is_empty));
         let verdict = plugin.aggregate(&head, &[]).unwrap();
         assert!(verdict.ok);
         assert_eq!(verdict.body_text(), "noop");

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::cell::Cell;
 use std::fmt;
 use std::hint::black_box;
 
@@ -118,6 +119,23 @@ pub struct Config {
     /// `key=value` pairs joined by `,`.
     #[serde(default)]
     pub echo_labels: bool,
+    /// `transform` sets `x-stress-call` to how many `transform` calls this
+    /// instance has had (this one included) and `x-stress-targets` to how
+    /// many targets this call has: what the router's grouping did.
+    #[serde(default)]
+    pub count_calls: bool,
+    /// `transform` sets `x-stress-target` to the pod's `ip:port`: a
+    /// different patch for every pod.
+    #[serde(default)]
+    pub stamp_target: bool,
+    /// `transform` sets `x-stress-echo` to the value of this request
+    /// header in the copy it was given (`-` when absent).
+    #[serde(default)]
+    pub echo_header: Option<String>,
+    /// `transform` returns this many patches, whatever the number of
+    /// targets (copies of its usual first patch, or empty ones).
+    #[serde(default)]
+    pub patch_count: Option<usize>,
     /// Where `spin` and `allocate` happen; default `select-targets`.
     #[serde(default, rename = "where")]
     pub stage: Stage,
@@ -151,6 +169,8 @@ fn probe() -> serde_json::Value {
 #[derive(Debug)]
 pub struct Stress {
     config: Config,
+    /// `transform` calls so far.
+    transforms: Cell<u32>,
 }
 
 impl Stress {
@@ -219,7 +239,10 @@ impl Plugin for Stress {
 
     fn new(config: Config) -> Result<Self, String> {
         Stress::act(&config, Stage::Init)?;
-        Ok(Stress { config })
+        Ok(Stress {
+            config,
+            transforms: Cell::new(0),
+        })
     }
 
     fn select_targets(&self, _head: &RequestHead, targets: &[Target]) -> Result<Vec<u32>, String> {
@@ -231,9 +254,54 @@ impl Plugin for Stress {
         Ok(indices)
     }
 
-    fn transform(&self, _request: &Request, target: &Target) -> Result<RequestPatch, String> {
+    fn transform(
+        &self,
+        request: &Request,
+        targets: &[Target],
+    ) -> Result<Vec<RequestPatch>, String> {
         Stress::act(&self.config, Stage::Transform)?;
+        let call = self.transforms.get() + 1;
+        self.transforms.set(call);
+        let mut patches = targets
+            .iter()
+            .map(|target| self.patch(request, target, call, targets.len()))
+            .collect::<Vec<_>>();
+        if let Some(count) = self.config.patch_count {
+            let first = patches.first().cloned().unwrap_or_default();
+            patches.resize(count, first);
+        }
+        Ok(patches)
+    }
+
+    fn aggregate(&self, _head: &RequestHead, _outcomes: &[Outcome]) -> Result<Verdict, String> {
+        Stress::act(&self.config, Stage::Aggregate)?;
+        if self.config.probe {
+            return Ok(Verdict::json(true, 200, &probe()));
+        }
+        Ok(Verdict::json(
+            true,
+            200,
+            &serde_json::json!({"stress": "ok"}),
+        ))
+    }
+}
+
+impl Stress {
+    /// The patch of one pod, in `transform` call number `call` of `count`
+    /// targets.
+    fn patch(&self, request: &Request, target: &Target, call: u32, count: usize) -> RequestPatch {
         let mut patch = RequestPatch::new();
+        if self.config.count_calls {
+            patch = patch
+                .set_header("x-stress-call", call.to_string())
+                .set_header("x-stress-targets", count.to_string());
+        }
+        if self.config.stamp_target {
+            patch = patch.set_header("x-stress-target", target.authority());
+        }
+        if let Some(name) = &self.config.echo_header {
+            patch = patch.set_header("x-stress-echo", request.header(name).unwrap_or("-"));
+        }
         if self.config.echo_labels {
             let labels: Vec<String> = target
                 .labels
@@ -251,19 +319,7 @@ impl Plugin for Stress {
                 value: "stress".into(),
             });
         }
-        Ok(patch)
-    }
-
-    fn aggregate(&self, _head: &RequestHead, _outcomes: &[Outcome]) -> Result<Verdict, String> {
-        Stress::act(&self.config, Stage::Aggregate)?;
-        if self.config.probe {
-            return Ok(Verdict::json(true, 200, &probe()));
-        }
-        Ok(Verdict::json(
-            true,
-            200,
-            &serde_json::json!({"stress": "ok"}),
-        ))
+        patch
     }
 }
 
@@ -284,10 +340,10 @@ mod tests {
         let targets = testing::targets(&["10.0.0.1", "10.0.0.2"], 80);
         let head = testing::head("b");
         assert_eq!(plugin.select_targets(&head, &targets), Ok(vec![0, 1]));
-        let patch = plugin
-            .transform(&testing::request("b", b""), &targets[0])
+        let patches = plugin
+            .transform(&testing::request("b", b""), &targets)
             .unwrap();
-        assert!(patch.is_empty());
+        assert_eq!(patches, vec![RequestPatch::new(); 2]);
         let verdict = plugin.aggregate(&head, &[]).unwrap();
         assert!(verdict.ok);
         assert_eq!(verdict.status, 200);
@@ -305,7 +361,7 @@ mod tests {
         let targets = testing::targets(&["10.0.0.1"], 80);
         assert!(
             plugin
-                .transform(&testing::request("b", b""), &targets[0])
+                .transform(&testing::request("b", b""), &targets)
                 .is_ok()
         );
         assert_eq!(
@@ -332,10 +388,48 @@ mod tests {
         let bad_index = stress(r#"{"bad_index": true}"#).unwrap();
         assert_eq!(bad_index.select_targets(&head, &targets), Ok(vec![0, 1, 2]));
         let bad_header = stress(r#"{"bad_header": true}"#).unwrap();
-        let patch = bad_header
-            .transform(&testing::request("b", b""), &targets[0])
+        let patches = bad_header
+            .transform(&testing::request("b", b""), &targets)
             .unwrap();
-        assert_eq!(patch.set_headers[0].name, "bad header\n");
+        assert_eq!(patches[0].set_headers[0].name, "bad header\n");
+        let miscounted = stress(r#"{"patch_count": 3}"#).unwrap();
+        let patches = miscounted
+            .transform(&testing::request("b", b""), &targets)
+            .unwrap();
+        assert_eq!(patches.len(), 3);
+    }
+
+    #[test]
+    fn transform_reports_calls_targets_and_what_it_saw() {
+        let plugin =
+            stress(r#"{"count_calls": true, "stamp_target": true, "echo_header": "x-seen"}"#)
+                .unwrap();
+        let targets = testing::targets(&["10.0.0.1", "10.0.0.2"], 80);
+        let mut request = testing::request("b", b"");
+        request
+            .head
+            .headers
+            .push(broadcast_plugin_sdk::Header::new("x-seen", "yes"));
+        let header = |patch: &RequestPatch, name: &str| {
+            patch
+                .set_headers
+                .iter()
+                .find(|header| header.name == name)
+                .map(|header| header.value.clone())
+        };
+        let first = plugin.transform(&request, &targets).unwrap();
+        assert_eq!(header(&first[1], "x-stress-call").as_deref(), Some("1"));
+        assert_eq!(header(&first[1], "x-stress-targets").as_deref(), Some("2"));
+        assert_eq!(
+            header(&first[1], "x-stress-target").as_deref(),
+            Some("10.0.0.2:80")
+        );
+        assert_eq!(header(&first[0], "x-stress-echo").as_deref(), Some("yes"));
+        let second = plugin
+            .transform(&testing::request("b", b""), &targets[..1])
+            .unwrap();
+        assert_eq!(header(&second[0], "x-stress-call").as_deref(), Some("2"));
+        assert_eq!(header(&second[0], "x-stress-echo").as_deref(), Some("-"));
     }
 
     #[test]
@@ -343,7 +437,7 @@ mod tests {
     fn panics_where_asked() {
         let plugin = stress(r#"{"panic": "transform"}"#).unwrap();
         let target = testing::target(0, "10.0.0.1", 80);
-        let _ = plugin.transform(&testing::request("b", b""), &target);
+        let _ = plugin.transform(&testing::request("b", b""), &[target]);
     }
 
     #[test]
