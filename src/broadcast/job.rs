@@ -117,14 +117,15 @@ impl Tracked {
             telemetry::job_stopped(&self.job.route, false);
             return;
         }
-        let json = serde_json::to_vec(&report).map(bytes::Bytes::from);
+        // Encoded only for a collector.
+        let json = report_to.map(|_| serde_json::to_vec(&report).map(bytes::Bytes::from));
         self.job.report = Some(report);
         let pending = self
             .job
             .report_to
             .as_ref()
             .is_none_or(|delivery| delivery.state == ReportState::Pending);
-        if let (Some(to), Ok(json), true) = (report_to, json, pending) {
+        if let (Some(to), Some(Ok(json)), true) = (report_to, json, pending) {
             let give_up_ms = self.job.report_to.as_ref().map_or_else(
                 || now_ms() + to.retry_for.as_millis() as u64,
                 |delivery| delivery.give_up_ms,

@@ -155,8 +155,8 @@ pub struct Job {
 
 impl Job {
     /// About the length of the job's JSON, without encoding it: the
-    /// stored requests (hex), each pod with its outcome, and some room for
-    /// the fixed fields.
+    /// stored requests (hex), each pod with its outcome, the report, and
+    /// some room for the fixed fields.
     pub fn estimated_size(&self) -> u64 {
         let requests: usize = self
             .requests
@@ -170,19 +170,24 @@ impl Job {
                 request.path_and_query.len() + request.body.len() + headers + 64
             })
             .sum();
+        let result = |result: &DeliveryReport| {
+            160 + result.target.len()
+                + result.pod.as_ref().map_or(0, String::len)
+                + result.body.as_ref().map_or(0, String::len)
+                + result.detail.as_ref().map_or(0, String::len)
+        };
         let pods: usize = self
             .pods
             .iter()
             .map(|pod| {
-                160 + pod.service.as_ref().map_or(0, String::len)
-                    + pod.result.as_ref().map_or(0, |result| {
-                        result.body.as_ref().map_or(0, String::len)
-                            + result.detail.as_ref().map_or(0, String::len)
-                            + 160
-                    })
+                96 + pod.service.as_ref().map_or(0, String::len)
+                    + pod.result.as_ref().map_or(0, result)
             })
             .sum();
-        (256 + self.id.len() + self.route.len() + requests + pods) as u64
+        let report = self.report.as_ref().map_or(0, |report| {
+            160 + report.results.iter().map(result).sum::<usize>()
+        });
+        (256 + 2 * self.id.len() + 2 * self.route.len() + requests + pods + report) as u64
     }
 
     /// A new job for `targets`, each receiving `requests[i]`, stored as

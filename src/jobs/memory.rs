@@ -61,15 +61,10 @@ impl MemoryStore {
         }
     }
 
-    /// A job's size: its encoded length once it is done (what eviction
-    /// frees), and an estimate while it runs, so that the several writes
-    /// of a running broadcast do not each encode the whole job.
+    /// A job's size: about its encoded length, estimated, so that no
+    /// write of a broadcast encodes the whole job.
     fn size_of(job: &Job) -> u64 {
-        if job.state == JobState::Done {
-            serde_json::to_vec(job).map_or(0, |json| json.len() as u64)
-        } else {
-            job.estimated_size()
-        }
+        job.estimated_size()
     }
 
     fn expired(job: &Job, retention: Duration, now: u64) -> bool {
