@@ -160,6 +160,8 @@ pub trait JobStore: Send + Sync {
 /// The store with its bounds and metrics: what the router uses.
 pub struct Jobs {
     store: Box<dyn JobStore>,
+    /// The store's operation timings.
+    metrics: telemetry::StoreMetrics,
     /// This process's name as a job owner (a fresh UUID at every start).
     owner: String,
     max_pending: usize,
@@ -197,6 +199,10 @@ impl Jobs {
     /// Wraps an open store with `settings`' bounds.
     pub fn with_store(store: Box<dyn JobStore>, settings: &JobsConfig, durable: bool) -> Self {
         Self {
+            metrics: telemetry::StoreMetrics::new(
+                store.kind(),
+                &["create", "update", "get", "list"],
+            ),
             store,
             owner: uuid::Uuid::new_v4().to_string(),
             max_pending: settings.max_pending,
@@ -329,8 +335,7 @@ impl Jobs {
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
         let result = work.await;
-        telemetry::job_store(
-            self.store.kind(),
+        self.metrics.record(
             operation,
             result.as_ref().err().map(store_error_label),
             started.elapsed(),

@@ -78,14 +78,16 @@ impl Tracked {
     /// Marks the job running and starts the writer of pod outcomes.
     pub(super) async fn start(mut self) -> Recorder {
         self.job.state = JobState::Running;
-        self.save().await;
         let lost = Arc::clone(&self.lost);
         if self.jobs.writes_at_once() {
+            // Written with the first outcomes: until then the job reads
+            // `accepted`, while its copies are on their way.
             return Recorder {
-                sink: Sink::AtOnce(std::sync::Mutex::new((self, false))),
+                sink: Sink::AtOnce(std::sync::Mutex::new((self, true))),
                 lost,
             };
         }
+        self.save().await;
         let (outcomes, mut received) = mpsc::unbounded_channel::<(usize, DeliveryReport)>();
         let writer = tokio::spawn(
             async move {

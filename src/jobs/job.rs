@@ -143,8 +143,10 @@ pub struct Job {
     pub finished_ms: Option<u64>,
     /// How many times a router resumed it after another stopped.
     pub resumed: u32,
-    /// The distinct requests pods receive (one unless plugins transform).
-    pub requests: Vec<StoredRequest>,
+    /// The distinct requests pods receive (one unless plugins transform);
+    /// shared, so that copies of a job (the memory store keeps one per
+    /// write) do not copy them.
+    pub requests: Arc<[StoredRequest]>,
     /// Every pod, in target order.
     pub pods: Vec<PodJob>,
     /// The final report (the same a sync answer carries), once judged.

@@ -3,7 +3,7 @@
 //! the oldest finished jobs first, so a router without `[jobs]` never
 //! refuses broadcasts for the status API's sake.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -18,24 +18,50 @@ pub struct MemoryStore {
     limit: u64,
 }
 
-/// The jobs and how many of them are unfinished.
+/// The jobs, how many of them are unfinished, their total size, and the
+/// finished ones in the order they expire and are forgotten in.
 #[derive(Default)]
 struct Map {
     jobs: HashMap<String, (Job, u64)>,
     pending: usize,
+    size: u64,
+    finished: BTreeSet<(u64, String)>,
 }
 
 impl Map {
-    /// Stores `job`, keeping the unfinished count.
+    /// Stores `job`, keeping the counts.
     fn put(&mut self, job: &Job) {
         let size = MemoryStore::size_of(job);
-        let old = self.jobs.insert(job.id.clone(), (job.clone(), size));
-        let was_pending = old.is_some_and(|(old, _)| old.state != JobState::Done);
-        let is_pending = job.state != JobState::Done;
-        match (was_pending, is_pending) {
-            (false, true) => self.pending += 1,
-            (true, false) => self.pending -= 1,
-            _ => {}
+        if let Some((old, old_size)) = self.jobs.insert(job.id.clone(), (job.clone(), size)) {
+            self.forget(&old, old_size);
+        }
+        self.size += size;
+        if job.state == JobState::Done {
+            self.finished
+                .insert((job.finished_ms.unwrap_or(0), job.id.clone()));
+        } else {
+            self.pending += 1;
+        }
+    }
+
+    /// Takes `job`, just replaced or removed, out of the counts.
+    fn forget(&mut self, job: &Job, size: u64) {
+        self.size -= size;
+        if job.state == JobState::Done {
+            self.finished
+                .remove(&(job.finished_ms.unwrap_or(0), job.id.clone()));
+        } else {
+            self.pending -= 1;
+        }
+    }
+
+    /// Removes the finished job that expires first.
+    fn remove_oldest(&mut self) {
+        if let Some((_, id)) = self.finished.pop_first()
+            && let Some((job, size)) = self.jobs.remove(&id)
+        {
+            // Already out of `finished`: `forget` finds nothing to remove there.
+            self.forget(&job, size);
         }
     }
 }
@@ -65,11 +91,6 @@ impl MemoryStore {
     /// write of a broadcast encodes the whole job.
     fn size_of(job: &Job) -> u64 {
         job.estimated_size()
-    }
-
-    fn expired(job: &Job, retention: Duration, now: u64) -> bool {
-        job.finished_ms
-            .is_some_and(|finished| finished + retention.as_millis() as u64 <= now)
     }
 }
 
@@ -157,27 +178,16 @@ impl JobStore for MemoryStore {
 
     fn sweep(&self, retention: Duration) -> BoxFuture<'_, Result<u64, StoreError>> {
         let now = now_ms();
+        let retention = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
         let mut map = self.jobs.lock().expect("job map lock");
-        map.jobs
-            .retain(|_, (job, _)| !Self::expired(job, retention, now));
-        let mut size: u64 = map.jobs.values().map(|(_, size)| size).sum();
-        if size > self.limit {
-            let mut finished: Vec<(u64, String, u64)> = map
-                .jobs
-                .values()
-                .filter(|(job, _)| job.state == JobState::Done)
-                .map(|(job, size)| (job.finished_ms.unwrap_or(0), job.id.clone(), *size))
-                .collect();
-            finished.sort();
-            for (_, id, bytes) in finished {
-                if size <= self.limit {
-                    break;
-                }
-                map.jobs.remove(&id);
-                size -= bytes;
+        while let Some((finished, _)) = map.finished.first() {
+            let expired = finished.saturating_add(retention) <= now;
+            if !expired && map.size <= self.limit {
+                break;
             }
+            map.remove_oldest();
         }
-        futures_util::future::ready(Ok(size)).boxed()
+        futures_util::future::ready(Ok(map.size)).boxed()
     }
 
     fn kind(&self) -> &'static str {
