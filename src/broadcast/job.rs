@@ -85,6 +85,7 @@ impl Tracked {
             return Recorder {
                 sink: Sink::AtOnce(std::sync::Mutex::new((self, true))),
                 lost,
+                started: Instant::now(),
             };
         }
         self.save().await;
@@ -106,6 +107,7 @@ impl Tracked {
         Recorder {
             sink: Sink::Writer { outcomes, writer },
             lost,
+            started: Instant::now(),
         }
     }
 
@@ -171,7 +173,13 @@ impl Tracked {
 pub(super) struct Recorder {
     sink: Sink,
     lost: Arc<AtomicBool>,
+    /// When deliveries started.
+    started: Instant,
 }
+
+/// How far into a broadcast the memory store's first progress write
+/// waits (see [`Recorder::next`]).
+const PROGRESS_DELAY: Duration = Duration::from_millis(5);
 
 /// Where a [`Recorder`] writes outcomes.
 enum Sink {
@@ -216,10 +224,10 @@ impl Recorder {
     }
 
     /// Writes the outcomes recorded since the last write, when the store
-    /// writes at once; call it whenever no other outcome is ready, so that
-    /// outcomes arriving together make one write (the writer task of the
-    /// other stores batches the same way).
-    pub(super) fn flush(&self) {
+    /// writes at once; [`Self::next`] calls it whenever no other outcome
+    /// is ready, so that outcomes arriving together make one write (the
+    /// writer task of the other stores batches the same way).
+    fn flush(&self) {
         if let Sink::AtOnce(tracked) = &self.sink {
             let mut tracked = tracked.lock().unwrap_or_else(PoisonError::into_inner);
             let (tracked, unwritten) = &mut *tracked;
@@ -234,12 +242,26 @@ impl Recorder {
 
     /// The next item of `outcomes`; when none is ready, what was recorded
     /// so far is [flushed](Self::flush) before waiting.
+    /// With the memory store, progress is written no earlier than
+    /// [`PROGRESS_DELAY`] into the broadcast: one that finishes sooner is
+    /// written twice (accepted, done), not once per outcome as well.
     pub(super) async fn next<S>(&self, outcomes: &mut S) -> Option<S::Item>
     where
         S: futures_util::Stream + Unpin,
     {
         if let Some(ready) = outcomes.next().now_or_never() {
             return ready;
+        }
+        let write_at = match &self.sink {
+            Sink::AtOnce(_) => self.started + PROGRESS_DELAY,
+            Sink::Writer { .. } => return outcomes.next().await,
+        };
+        if write_at > Instant::now() {
+            tokio::select! {
+                biased;
+                next = outcomes.next() => return next,
+                () = tokio::time::sleep_until(write_at) => {}
+            }
         }
         self.flush();
         outcomes.next().await
