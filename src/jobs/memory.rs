@@ -29,8 +29,11 @@ struct Map {
 }
 
 impl Map {
-    /// Stores `job`, keeping the counts.
-    fn put(&mut self, job: &Job) {
+    /// Stores `job`, keeping the counts, and forgets the oldest finished
+    /// jobs while the store is over `limit`: a few per write, rather than
+    /// a second's worth at once in [`MemoryStore::sweep`] (which would
+    /// hold the lock for milliseconds under load).
+    fn put(&mut self, job: &Job, limit: u64) {
         let size = MemoryStore::size_of(job);
         if let Some((old, old_size)) = self.jobs.insert(job.id.clone(), (job.clone(), size)) {
             self.forget(&old, old_size);
@@ -41,6 +44,9 @@ impl Map {
                 .insert((job.finished_ms.unwrap_or(0), job.id.clone()));
         } else {
             self.pending += 1;
+        }
+        while self.size > limit && !self.finished.is_empty() {
+            self.remove_oldest();
         }
     }
 
@@ -108,7 +114,7 @@ impl JobStore for MemoryStore {
         let result = if !replaces_pending && map.pending >= max_pending {
             Err(StoreError::TooManyPending { limit: max_pending })
         } else {
-            map.put(job);
+            map.put(job, self.limit);
             Ok(())
         };
         futures_util::future::ready(result).boxed()
@@ -126,7 +132,7 @@ impl JobStore for MemoryStore {
             }
             Some((stored, _)) if stored.owner != job.owner => Err(StoreError::Lost(job.id.clone())),
             _ => {
-                map.put(job);
+                map.put(job, self.limit);
                 Ok(())
             }
         };
