@@ -111,6 +111,9 @@ impl Tracked {
         }
     }
 
+    /// Records the final report and delivers it to the route's collector
+    /// (unless it was delivered or given up before), then marks the job
+    /// done.
     pub(super) async fn finish(
         mut self,
         report_to: Option<&ReportTo>,
@@ -169,7 +172,8 @@ impl Tracked {
     }
 }
 
-/// Hands pod outcomes to the job's writer.
+/// Hands pod outcomes to the job's writer, or keeps them with the job
+/// until they are written (the memory store).
 pub(super) struct Recorder {
     sink: Sink,
     lost: Arc<AtomicBool>,
@@ -194,14 +198,18 @@ enum Sink {
 }
 
 impl Recorder {
+    /// Whether another router took the job over: deliveries not yet made
+    /// are left to it.
     pub(super) fn is_lost(&self) -> bool {
         self.lost.load(Ordering::Relaxed)
     }
 
+    /// Records pod `index`'s outcome (written as soon as the store allows).
     pub(super) fn pod(&self, index: usize, target: &Target, delivery: &Delivery) {
         self.record(index, DeliveryReport::from_delivery(target, delivery));
     }
 
+    /// Records pod `target` as failed without a delivery.
     fn failed(&self, target: &Target, detail: &str) {
         let mut result = DeliveryReport::pending(target);
         result.pending = false;
@@ -210,6 +218,7 @@ impl Recorder {
         self.record(target.index, result);
     }
 
+    /// Keeps or hands on one pod's result.
     fn record(&self, index: usize, result: DeliveryReport) {
         match &self.sink {
             Sink::AtOnce(tracked) => {
@@ -267,11 +276,13 @@ impl Recorder {
         outcomes.next().await
     }
 
+    /// Waits until every recorded outcome is written, or (the memory
+    /// store) hands the job back with what is not written yet, for the
+    /// job's next write.
     pub(super) async fn written(self) -> Tracked {
         match self.sink {
             Sink::AtOnce(tracked) => {
                 let (tracked, _) = tracked.into_inner().unwrap_or_else(PoisonError::into_inner);
-                // What is not written yet goes with the job's next write.
                 tracked
             }
             Sink::Writer { outcomes, writer } => {
