@@ -83,7 +83,7 @@ impl Tracked {
             // Written with the first outcomes: until then the job reads
             // `accepted`, while its copies are on their way.
             return Recorder {
-                sink: Sink::AtOnce(std::sync::Mutex::new((self, true))),
+                sink: Sink::AtOnce(Box::new(std::sync::Mutex::new((self, true)))),
                 lost,
                 started: Instant::now(),
             };
@@ -189,7 +189,7 @@ const PROGRESS_DELAY: Duration = Duration::from_millis(5);
 enum Sink {
     /// The memory store: kept with the job, then written by
     /// [`Recorder::flush`] (a map insert), with whether some are unwritten.
-    AtOnce(std::sync::Mutex<(Tracked, bool)>),
+    AtOnce(Box<std::sync::Mutex<(Tracked, bool)>>),
     /// A store with round trips: by a writer task beside the deliveries.
     Writer {
         outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
