@@ -58,6 +58,9 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(true)
+                    // Events carry their span (the broadcast's route and
+                    // id) once, not again in a list of every open span.
+                    .with_span_list(false)
                     .with_writer(writer),
             )
             .try_init(),
