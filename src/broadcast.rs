@@ -418,7 +418,15 @@ impl Broadcaster {
             None => Verdict::by_policy(report, route.policy),
         };
         let elapsed = started.elapsed();
-        let report = &verdict.report;
+        let report = verdict.report.clone();
+        let answered_early = answer.is_none();
+        // The client first; the log line and metrics after.
+        if let Some(sender) = answer
+            && sender.send(verdict).is_err()
+            && route.mode == Mode::Sync
+        {
+            tracing::info!("The client left before the answer; the broadcast completed anyway.");
+        }
         endpoint.metrics.broadcast_finished(report.ok, elapsed);
         tracing::info!(
             ok = report.ok,
@@ -426,16 +434,9 @@ impl Broadcaster {
             succeeded = report.succeeded,
             failed = report.failed,
             elapsed_ms = elapsed.as_secs_f64() * 1e3,
-            answered_early = answer.is_none(),
+            answered_early,
             "Broadcast finished."
         );
-        let report = report.clone();
-        if let Some(sender) = answer
-            && sender.send(verdict).is_err()
-            && route.mode == Mode::Sync
-        {
-            tracing::info!("The client left before the answer; the broadcast completed anyway.");
-        }
         let tracked = recorder.written().await;
         tracked
             .finish(
