@@ -420,14 +420,15 @@ impl Broadcaster {
         let elapsed = started.elapsed();
         let report = verdict.report.clone();
         let answered_early = answer.is_none();
-        // The client first; the log line and metrics after.
+        // Counted before the answer (what a client sees is counted), the
+        // log line written after it.
+        endpoint.metrics.broadcast_finished(report.ok, elapsed);
         if let Some(sender) = answer
             && sender.send(verdict).is_err()
             && route.mode == Mode::Sync
         {
             tracing::info!("The client left before the answer; the broadcast completed anyway.");
         }
-        endpoint.metrics.broadcast_finished(report.ok, elapsed);
         tracing::info!(
             ok = report.ok,
             targets = report.targets,
