@@ -400,7 +400,9 @@ async fn admin_port_reports_health_readiness_and_metrics() {
         "broadcast_router_deliveries_total{route=\"metered\",outcome=\"success\"} 1",
         "broadcast_router_deliveries_total{route=\"metered\",outcome=\"status\"} 1",
         "broadcast_router_broadcast_targets_bucket",
+        "broadcast_router_broadcast_targets_count{route=\"metered\"} 1",
         "broadcast_router_delivery_duration_seconds_bucket",
+        "broadcast_router_delivery_duration_seconds_count{route=\"metered\"} 2",
     ] {
         assert!(
             metrics.contains(expected),
