@@ -372,3 +372,34 @@ fn a_jobs_estimated_size_stays_near_its_encoded_length() {
         "estimated {estimated} bytes for {encoded} encoded"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_store_stays_within_its_limit_between_sweeps() {
+    let mut finished = job("f0", "purge", "me");
+    finished.state = JobState::Done;
+    let size = finished.estimated_size();
+    let store = MemoryStore::with_limit(size * 3);
+    for n in 0..50u64 {
+        let mut done = job(&format!("f{n}"), "purge", "me");
+        store.create(&done, 10).await.unwrap();
+        done.state = JobState::Done;
+        done.finished_ms = Some(broadcast_router::jobs::now_ms() + n);
+        store.update(&done, RETAIN).await.unwrap();
+    }
+    // No sweep ran: writes forgot the oldest finished jobs as they went.
+    let all = Filter {
+        route: None,
+        state: None,
+        limit: 100,
+    };
+    let kept = store.list(&all).await.unwrap();
+    // Three jobs' worth: the newest two or three (a running job counts
+    // while it is written).
+    let ids: Vec<&str> = kept.iter().map(|job| job.id.as_str()).collect();
+    assert!((2..=3).contains(&ids.len()), "{ids:?}");
+    assert!(store.get("f49").await.unwrap().is_some(), "newest kept");
+    assert!(
+        store.get("f46").await.unwrap().is_none(),
+        "oldest beyond the limit forgotten"
+    );
+}
