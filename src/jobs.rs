@@ -123,6 +123,15 @@ pub trait JobStore: Send + Sync {
         job: &'a Job,
         retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// [`JobStore::update`] for a job's last write, handing the job over
+    /// (a store that keeps jobs in memory keeps this one, uncopied).
+    fn update_last<'a>(
+        &'a self,
+        job: Job,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move { self.update(&job, retention).await }.boxed()
+    }
     /// One job, unless unknown or expired.
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, StoreError>>;
     /// Recent jobs, newest first.
@@ -277,6 +286,20 @@ impl Jobs {
             .await;
         if let Err(error) = &result {
             tracing::error!(id = %job.id, %error, "Job progress could not be recorded.");
+        }
+        result
+    }
+
+    /// Records a job's last write (done), handing the job over; errors
+    /// as with [`Jobs::update`].
+    pub async fn update_last(&self, mut job: Job) -> Result<(), StoreError> {
+        job.updated_ms = now_ms();
+        let id = job.id.clone();
+        let result = self
+            .timed("update", self.store.update_last(job, self.retention))
+            .await;
+        if let Err(error) = &result {
+            tracing::error!(%id, %error, "Job progress could not be recorded.");
         }
         result
     }

@@ -167,8 +167,35 @@ impl Tracked {
         }
         self.job.state = JobState::Done;
         self.job.finished_ms = Some(now_ms());
-        self.save().await;
-        telemetry::job_stopped(&self.job.route, !self.is_lost());
+        let route = self.job.route.clone();
+        let done = self.save_last().await;
+        telemetry::job_stopped(&route, done);
+    }
+
+    /// The job's last write, handing it to the store; whether this router
+    /// still owned it.
+    async fn save_last(self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        if self.superseded {
+            return true;
+        }
+        match self.jobs.update_last(self.job).await {
+            Err(StoreError::Lost(_)) => {
+                tracing::warn!(
+                    "Another router took this job over; this router stops working on it."
+                );
+                false
+            }
+            Err(StoreError::Superseded(_)) => {
+                tracing::info!(
+                    "A later broadcast with the same id replaced this job; this run goes on unrecorded."
+                );
+                true
+            }
+            _ => true,
+        }
     }
 }
 

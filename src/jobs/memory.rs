@@ -33,15 +33,16 @@ impl Map {
     /// jobs while the store is over `limit`: a few per write, rather than
     /// a second's worth at once in [`MemoryStore::sweep`] (which would
     /// hold the lock for milliseconds under load).
-    fn put(&mut self, job: &Job, limit: u64) {
-        let size = MemoryStore::size_of(job);
-        if let Some((old, old_size)) = self.jobs.insert(job.id.clone(), (job.clone(), size)) {
+    fn put(&mut self, job: Job, limit: u64) {
+        let size = MemoryStore::size_of(&job);
+        let finished = (job.state == JobState::Done).then(|| job.finished_ms.unwrap_or(0));
+        let id = job.id.clone();
+        if let Some((old, old_size)) = self.jobs.insert(id.clone(), (job, size)) {
             self.forget(&old, old_size);
         }
         self.size += size;
-        if job.state == JobState::Done {
-            self.finished
-                .insert((job.finished_ms.unwrap_or(0), job.id.clone()));
+        if let Some(finished) = finished {
+            self.finished.insert((finished, id));
         } else {
             self.pending += 1;
         }
@@ -93,6 +94,29 @@ impl MemoryStore {
         }
     }
 
+    /// Replaces a stored job with `job` (stored as `keep` makes it) unless
+    /// a later run or another owner has it now.
+    fn replace<J: std::borrow::Borrow<Job>>(
+        &self,
+        job: J,
+        keep: impl FnOnce(J) -> Job,
+    ) -> Result<(), StoreError> {
+        let mut map = self.jobs.lock().expect("job map lock");
+        let current = job.borrow();
+        match map.jobs.get(&current.id) {
+            Some((stored, _)) if stored.run != current.run => {
+                Err(StoreError::Superseded(current.id.clone()))
+            }
+            Some((stored, _)) if stored.owner != current.owner => {
+                Err(StoreError::Lost(current.id.clone()))
+            }
+            _ => {
+                map.put(keep(job), self.limit);
+                Ok(())
+            }
+        }
+    }
+
     /// A job's size: about its encoded length, estimated, so that no
     /// write of a broadcast encodes the whole job.
     fn size_of(job: &Job) -> u64 {
@@ -114,7 +138,7 @@ impl JobStore for MemoryStore {
         let result = if !replaces_pending && map.pending >= max_pending {
             Err(StoreError::TooManyPending { limit: max_pending })
         } else {
-            map.put(job, self.limit);
+            map.put(job.clone(), self.limit);
             Ok(())
         };
         futures_util::future::ready(result).boxed()
@@ -125,17 +149,16 @@ impl JobStore for MemoryStore {
         job: &'a Job,
         _retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut map = self.jobs.lock().expect("job map lock");
-        let result = match map.jobs.get(&job.id) {
-            Some((stored, _)) if stored.run != job.run => {
-                Err(StoreError::Superseded(job.id.clone()))
-            }
-            Some((stored, _)) if stored.owner != job.owner => Err(StoreError::Lost(job.id.clone())),
-            _ => {
-                map.put(job, self.limit);
-                Ok(())
-            }
-        };
+        let result = self.replace(job, |job| job.clone());
+        futures_util::future::ready(result).boxed()
+    }
+
+    fn update_last<'a>(
+        &'a self,
+        job: Job,
+        _retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.replace(job, |job| job);
         futures_util::future::ready(result).boxed()
     }
 
