@@ -27,7 +27,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -44,7 +43,6 @@ use crate::limit::{Admitted, DeliveryBudget, Refused, Reserved};
 use crate::load::Endpoint;
 use crate::plugin::bindings::{self, RequestHead};
 use crate::plugin::{PluginFailure, Session, run_plugins};
-use crate::telemetry;
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::target::Target;
 use in_flight::InFlight;
@@ -356,7 +354,7 @@ impl Broadcaster {
         let id = job.id.clone();
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let _registered = InFlight::register(&self.shared.in_flight, key, &id, &route.name);
-        telemetry::broadcast_started(&route.name, targets.len());
+        endpoint.metrics.broadcast_started(targets.len());
         let recorder = job::Tracked::new(Arc::clone(&self.shared.jobs), job, false)
             .start()
             .await;
@@ -373,9 +371,8 @@ impl Broadcaster {
             endpoint.tls.as_ref(),
             started,
         );
-        while let Some((index, delivery)) = deliveries.next().await {
-            telemetry::delivery_finished(
-                &route.name,
+        while let Some((index, delivery)) = recorder.next(&mut deliveries).await {
+            endpoint.metrics.delivery_finished(
                 delivery.outcome(),
                 delivery.attempts,
                 delivery.latency,
@@ -421,24 +418,26 @@ impl Broadcaster {
             None => Verdict::by_policy(report, route.policy),
         };
         let elapsed = started.elapsed();
-        let report = &verdict.report;
-        telemetry::broadcast_finished(&route.name, report.ok, elapsed);
-        tracing::info!(
-            ok = report.ok,
-            targets = report.targets,
-            succeeded = report.succeeded,
-            failed = report.failed,
-            elapsed_ms = elapsed.as_secs_f64() * 1e3,
-            answered_early = answer.is_none(),
-            "Broadcast finished."
-        );
-        let report = report.clone();
+        let report = verdict.report.clone();
+        let answered_early = answer.is_none();
+        // Counted before the answer (what a client sees is counted), the
+        // log line written after it.
+        endpoint.metrics.broadcast_finished(report.ok, elapsed);
         if let Some(sender) = answer
             && sender.send(verdict).is_err()
             && route.mode == Mode::Sync
         {
             tracing::info!("The client left before the answer; the broadcast completed anyway.");
         }
+        tracing::info!(
+            ok = report.ok,
+            targets = report.targets,
+            succeeded = report.succeeded,
+            failed = report.failed,
+            elapsed_ms = elapsed.as_secs_f64() * 1e3,
+            answered_early,
+            "Broadcast finished."
+        );
         let tracked = recorder.written().await;
         tracked
             .finish(

@@ -123,6 +123,15 @@ pub trait JobStore: Send + Sync {
         job: &'a Job,
         retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// [`JobStore::update`] for a job's last write, handing the job over
+    /// (a store that keeps jobs in memory keeps this one, uncopied).
+    fn update_last<'a>(
+        &'a self,
+        job: Job,
+        retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move { self.update(&job, retention).await }.boxed()
+    }
     /// One job, unless unknown or expired.
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Job>, StoreError>>;
     /// Recent jobs, newest first.
@@ -149,11 +158,19 @@ pub trait JobStore: Send + Sync {
     fn sweep(&self, retention: Duration) -> BoxFuture<'_, Result<u64, StoreError>>;
     /// `memory`, `file` or `redis`, for logs and metrics.
     fn kind(&self) -> &'static str;
+    /// Whether every write is done by the time its call returns (the
+    /// memory store): progress can then be written where it happens,
+    /// without a writer of its own.
+    fn writes_at_once(&self) -> bool {
+        false
+    }
 }
 
 /// The store with its bounds and metrics: what the router uses.
 pub struct Jobs {
     store: Box<dyn JobStore>,
+    /// The store's operation timings.
+    metrics: telemetry::StoreMetrics,
     /// This process's name as a job owner (a fresh UUID at every start).
     owner: String,
     max_pending: usize,
@@ -178,10 +195,12 @@ impl Jobs {
             Some(JobsConfig {
                 redis: Some(url), ..
             }) => (Box::new(redis::RedisStore::connect(url).await?), true),
-            _ => (
+            Some(settings) => (
                 Box::new(memory::MemoryStore::with_limit(settings.max_bytes.as_u64())),
                 false,
             ),
+            // No `[jobs]`: the status API's memory stays small.
+            None => (Box::new(memory::MemoryStore::default()), false),
         };
         Ok(Self::with_store(store, settings, durable))
     }
@@ -189,6 +208,10 @@ impl Jobs {
     /// Wraps an open store with `settings`' bounds.
     pub fn with_store(store: Box<dyn JobStore>, settings: &JobsConfig, durable: bool) -> Self {
         Self {
+            metrics: telemetry::StoreMetrics::new(
+                store.kind(),
+                &["create", "update", "get", "list"],
+            ),
             store,
             owner: uuid::Uuid::new_v4().to_string(),
             max_pending: settings.max_pending,
@@ -212,6 +235,11 @@ impl Jobs {
     /// `memory`, `file` or `redis`.
     pub fn kind(&self) -> &'static str {
         self.store.kind()
+    }
+
+    /// Whether every write is done by the time its call returns.
+    pub fn writes_at_once(&self) -> bool {
+        self.store.writes_at_once()
     }
 
     /// Whether jobs survive a restart of this process.
@@ -258,6 +286,20 @@ impl Jobs {
             .await;
         if let Err(error) = &result {
             tracing::error!(id = %job.id, %error, "Job progress could not be recorded.");
+        }
+        result
+    }
+
+    /// Records a job's last write (done), handing the job over; errors
+    /// as with [`Jobs::update`].
+    pub async fn update_last(&self, mut job: Job) -> Result<(), StoreError> {
+        job.updated_ms = now_ms();
+        let id = job.id.clone();
+        let result = self
+            .timed("update", self.store.update_last(job, self.retention))
+            .await;
+        if let Err(error) = &result {
+            tracing::error!(%id, %error, "Job progress could not be recorded.");
         }
         result
     }
@@ -316,8 +358,7 @@ impl Jobs {
     ) -> Result<T, StoreError> {
         let started = std::time::Instant::now();
         let result = work.await;
-        telemetry::job_store(
-            self.store.kind(),
+        self.metrics.record(
             operation,
             result.as_ref().err().map(store_error_label),
             started.elapsed(),

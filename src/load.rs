@@ -19,6 +19,7 @@ use crate::discovery::kubernetes::WatchKey;
 use crate::limit::Admission;
 use crate::plugin::{Chain, Plugins};
 use crate::route::Route;
+use crate::telemetry::RouteMetrics;
 use crate::tls::{PodTls, TlsFiles};
 
 /// A configuration with everything its files hold, ready to serve.
@@ -47,6 +48,8 @@ pub struct Endpoint {
     pub admission: Admission,
     /// The HTTPS client of a `scheme = "https"` route; `None`: plain HTTP.
     pub tls: Option<PodTls>,
+    /// Its broadcast and delivery metrics.
+    pub metrics: RouteMetrics,
 }
 
 impl Loaded {
@@ -79,6 +82,7 @@ impl Loaded {
                     auth: tokens.guard(&route.table.auth),
                     admission: Admission::from_config(route),
                     tls: tls.routes.remove(route.name()),
+                    metrics: RouteMetrics::new(route.name()),
                 })
             })
             .collect();

@@ -6,9 +6,11 @@
 //! from requests and error texts never become labels.
 
 mod refusals;
+mod route;
 mod writer;
 
 pub use refusals::{SUMMARY_INTERVAL, refused};
+pub use route::RouteMetrics;
 pub use writer::LogGuard;
 
 use std::sync::OnceLock;
@@ -56,6 +58,9 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
                 tracing_subscriber::fmt::layer()
                     .json()
                     .with_current_span(true)
+                    // Events carry their span (the broadcast's route and
+                    // id) once, not again in a list of every open span.
+                    .with_span_list(false)
                     .with_writer(writer),
             )
             .try_init(),
@@ -215,30 +220,9 @@ pub fn broadcast_rejected(route: &str, outcome: &'static str) {
     counter!(BROADCASTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
 }
 
-/// A broadcast started fanning out to `targets` pods.
-pub fn broadcast_started(route: &str, targets: usize) {
-    gauge!(BROADCASTS_IN_FLIGHT).increment(1.0);
-    histogram!(BROADCAST_TARGETS, "route" => route.to_owned()).record(targets as f64);
-}
-
-/// A broadcast's last delivery finished.
-pub fn broadcast_finished(route: &str, ok: bool, elapsed: Duration) {
-    gauge!(BROADCASTS_IN_FLIGHT).decrement(1.0);
-    let outcome = if ok { "ok" } else { "failed" };
-    counter!(BROADCASTS, "route" => route.to_owned(), "outcome" => outcome).increment(1);
-    histogram!(BROADCAST_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
-}
-
 /// A request joined an identical broadcast of `route` waiting to start.
 pub fn broadcast_coalesced(route: &str) {
     counter!(COALESCED, "route" => route.to_owned()).increment(1);
-}
-
-/// One pod's delivery finished with `outcome` after `attempts` attempts.
-pub fn delivery_finished(route: &str, outcome: &'static str, attempts: u32, elapsed: Duration) {
-    counter!(DELIVERIES, "route" => route.to_owned(), "outcome" => outcome).increment(1);
-    counter!(DELIVERY_ATTEMPTS, "route" => route.to_owned()).increment(u64::from(attempts));
-    histogram!(DELIVERY_DURATION, "route" => route.to_owned()).record(elapsed.as_secs_f64());
 }
 
 /// A DNS lookup finished with `outcome`.
@@ -327,17 +311,41 @@ pub fn job_stopped(route: &str, done: bool) {
     }
 }
 
-/// One job store operation took `elapsed`; `error` is its failure's label.
-pub fn job_store(
+/// The job store's operation timings, with their handles resolved once
+/// (the memory store's writes take about a microsecond; a registry lookup
+/// per write would be a good part of it).
+#[derive(Debug)]
+pub struct StoreMetrics {
     store: &'static str,
-    operation: &'static str,
-    error: Option<&'static str>,
-    elapsed: Duration,
-) {
-    histogram!(JOB_STORE_DURATION, "store" => store, "operation" => operation)
-        .record(elapsed.as_secs_f64());
-    if let Some(error) = error {
-        counter!(JOB_STORE_ERRORS, "store" => store, "operation" => operation, "error" => error)
-            .increment(1);
+    durations: Vec<(&'static str, metrics::Histogram)>,
+}
+
+impl StoreMetrics {
+    /// The handles of store `store` (`memory`, `file`, `redis`) for
+    /// `operations`; other operations are looked up when they happen.
+    pub fn new(store: &'static str, operations: &[&'static str]) -> Self {
+        let durations = operations
+            .iter()
+            .map(|&operation| {
+                let histogram =
+                    histogram!(JOB_STORE_DURATION, "store" => store, "operation" => operation);
+                (operation, histogram)
+            })
+            .collect();
+        Self { store, durations }
+    }
+
+    /// One operation took `elapsed`; `error` is its failure's label.
+    pub fn record(&self, operation: &'static str, error: Option<&'static str>, elapsed: Duration) {
+        let store = self.store;
+        match self.durations.iter().find(|(known, _)| *known == operation) {
+            Some((_, histogram)) => histogram.record(elapsed.as_secs_f64()),
+            None => histogram!(JOB_STORE_DURATION, "store" => store, "operation" => operation)
+                .record(elapsed.as_secs_f64()),
+        }
+        if let Some(error) = error {
+            counter!(JOB_STORE_ERRORS, "store" => store, "operation" => operation, "error" => error)
+                .increment(1);
+        }
     }
 }

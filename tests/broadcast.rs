@@ -288,6 +288,8 @@ async fn first_answers_early_and_finishes_the_rest_in_the_background() {
                 line.starts_with("broadcast_router_broadcasts_total")
                     && line.contains("route=\"early\"")
                     && line.contains("outcome=\"ok\"")
+                    // The series exists from the start, at 0.
+                    && line.ends_with(" 1")
             })
             .then_some(())
     })
@@ -398,7 +400,9 @@ async fn admin_port_reports_health_readiness_and_metrics() {
         "broadcast_router_deliveries_total{route=\"metered\",outcome=\"success\"} 1",
         "broadcast_router_deliveries_total{route=\"metered\",outcome=\"status\"} 1",
         "broadcast_router_broadcast_targets_bucket",
+        "broadcast_router_broadcast_targets_count{route=\"metered\"} 1",
         "broadcast_router_delivery_duration_seconds_bucket",
+        "broadcast_router_delivery_duration_seconds_count{route=\"metered\"} 2",
     ] {
         assert!(
             metrics.contains(expected),

@@ -273,7 +273,9 @@ async fn redis_jobs_of_a_router_that_gave_its_lease_up_are_taken_over_at_once() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_memory_store_forgets_the_oldest_finished_jobs_beyond_its_limit() {
-    let size = serde_json::to_vec(&job("m0", "purge", "me")).unwrap().len() as u64;
+    let mut finished = job("m0", "purge", "me");
+    finished.state = JobState::Done;
+    let size = finished.estimated_size();
     let store = MemoryStore::with_limit(size * 5 / 2);
     for n in 0..3 {
         let mut done = job(&format!("m{n}"), "purge", "me");
@@ -331,5 +333,73 @@ async fn an_unreachable_redis_is_an_error_naming_the_server() {
     assert!(
         error.to_string().contains(&format!("127.0.0.1:{port}")),
         "{error}"
+    );
+}
+
+#[test]
+fn a_jobs_estimated_size_stays_near_its_encoded_length() {
+    use broadcast_router::aggregate::{DeliveryReport, Report};
+    let mut job = job("estimate", "purge", "me");
+    let targets: Vec<Target> = job.targets();
+    for (pod, target) in job.pods.iter_mut().zip(&targets) {
+        let mut result = DeliveryReport::pending(target);
+        result.pending = false;
+        result.status = Some(200);
+        result.body = Some("{\"purged\":true}".into());
+        pod.result = Some(result);
+    }
+    let results: Vec<DeliveryReport> = job
+        .pods
+        .iter()
+        .filter_map(|pod| pod.result.clone())
+        .collect();
+    job.report = Some(Report {
+        id: job.id.clone(),
+        route: job.route.clone(),
+        policy: "all".into(),
+        ok: true,
+        targets: results.len(),
+        succeeded: results.len(),
+        failed: 0,
+        pending: 0,
+        results,
+    });
+    job.state = JobState::Done;
+    let encoded = serde_json::to_vec(&job).unwrap().len() as f64;
+    let estimated = job.estimated_size() as f64;
+    assert!(
+        (0.5..=2.0).contains(&(estimated / encoded)),
+        "estimated {estimated} bytes for {encoded} encoded"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_store_stays_within_its_limit_between_sweeps() {
+    let mut finished = job("f0", "purge", "me");
+    finished.state = JobState::Done;
+    let size = finished.estimated_size();
+    let store = MemoryStore::with_limit(size * 3);
+    for n in 0..50u64 {
+        let mut done = job(&format!("f{n}"), "purge", "me");
+        store.create(&done, 10).await.unwrap();
+        done.state = JobState::Done;
+        done.finished_ms = Some(broadcast_router::jobs::now_ms() + n);
+        store.update(&done, RETAIN).await.unwrap();
+    }
+    // No sweep ran: writes forgot the oldest finished jobs as they went.
+    let all = Filter {
+        route: None,
+        state: None,
+        limit: 100,
+    };
+    let kept = store.list(&all).await.unwrap();
+    // Three jobs' worth: the newest two or three (a running job counts
+    // while it is written).
+    let ids: Vec<&str> = kept.iter().map(|job| job.id.as_str()).collect();
+    assert!((2..=3).contains(&ids.len()), "{ids:?}");
+    assert!(store.get("f49").await.unwrap().is_some(), "newest kept");
+    assert!(
+        store.get("f46").await.unwrap().is_none(),
+        "oldest beyond the limit forgotten"
     );
 }

@@ -30,7 +30,7 @@ use bytes::Bytes;
 use self::load::{Load, Measured, Target};
 use self::pods::Pods;
 use self::report::{Phase, Process, Report, Scenario};
-use self::router::Router;
+use self::router::{Router, RssTrend};
 
 /// The route's verdict policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -274,10 +274,14 @@ async fn through_router(
     router.reset_peak();
     let in_flight = AtomicU64::new(0);
     let open_files = AtomicU64::new(router.open_files());
+    let rss = std::sync::Mutex::new(RssTrend::default());
     let cpu_before = router.cpu_time();
     let sample = async {
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
+            rss.lock()
+                .expect("rss lock")
+                .sample(router.memory().rss_kib);
             if let Some(now) = router
                 .metric("broadcast_router_broadcasts_in_flight", |_| true)
                 .await
@@ -314,6 +318,8 @@ async fn through_router(
         start_rss_kib: start_rss,
         idle_rss_kib: idle_rss,
         peak_rss_kib: memory.peak_kib,
+        end_rss_kib: memory.rss_kib,
+        rss_slope_mib_per_min: rss.into_inner().expect("rss lock").slope_mib_per_min(),
         max_in_flight,
         max_open_files: open_files.load(Ordering::Relaxed),
         kib_per_in_flight: memory.peak_kib.saturating_sub(start_rss) as f64

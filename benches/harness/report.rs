@@ -126,6 +126,14 @@ pub struct Process {
     pub idle_rss_kib: u64,
     /// Peak resident memory during the loaded phase (`VmHWM`), in KiB.
     pub peak_rss_kib: u64,
+    /// Resident memory at the end of the loaded phase, in KiB.
+    #[serde(default)]
+    pub end_rss_kib: u64,
+    /// How resident memory moved over the second half of the loaded phase
+    /// (least squares over samples every 100 ms), in MiB per minute: near
+    /// zero when memory is flat under steady load.
+    #[serde(default)]
+    pub rss_slope_mib_per_min: f64,
     /// Most broadcasts in flight seen (`/metrics`, sampled every 100 ms).
     pub max_in_flight: u64,
     /// Most open file descriptors seen (mostly pooled pod connections).
@@ -227,10 +235,12 @@ impl Report {
         page.push_str("\nUnloaded latency (one client) and the router process (loaded phase):\n\n");
         page.push_str(
             "| router | pods | policy | plugins | body | router p50 / p99 ms (1 client) | baseline p50 ms (1 client) | \
-             added p50 µs | router CPU µs/bcast | router cores | peak RSS MiB | max in flight | \
-             KiB per in-flight bcast | clean exit | other load (cores) |\n",
+             added p50 µs | router CPU µs/bcast | router cores | peak RSS MiB | RSS slope MiB/min | \
+             max in flight | KiB per in-flight bcast | clean exit | other load (cores) |\n",
         );
-        page.push_str("|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n");
+        page.push_str(
+            "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|\n",
+        );
         for s in &self.scenarios {
             let probe = |phase: &Option<Phase>| {
                 phase
@@ -246,7 +256,7 @@ impl Report {
             });
             let _ = writeln!(
                 page,
-                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {} | {:.0} | {} | {:.2} |",
+                "| `{}` | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.2} | {:.1} | {:+.2} | {} | {:.0} | {} | {:.2} |",
                 s.build,
                 s.pods,
                 s.policy,
@@ -259,6 +269,7 @@ impl Report {
                 s.process.cpu_us_per_broadcast,
                 s.process.cpu_cores,
                 s.process.peak_rss_kib as f64 / 1024.0,
+                s.process.rss_slope_mib_per_min,
                 s.process.max_in_flight,
                 s.process.kib_per_in_flight,
                 if s.process.clean_exit {

@@ -263,3 +263,43 @@ fn clock_ticks() -> u64 {
         .filter(|&hz| hz > 0)
         .unwrap_or(100)
 }
+
+/// Resident memory sampled during a loaded phase, to tell a flat process
+/// from one that grows.
+#[derive(Debug, Default)]
+pub struct RssTrend {
+    started: Option<Instant>,
+    /// (seconds since the first sample, KiB).
+    samples: Vec<(f64, f64)>,
+}
+
+impl RssTrend {
+    /// Adds one `VmRSS` reading, taken now.
+    pub fn sample(&mut self, rss_kib: u64) {
+        let started = *self.started.get_or_insert_with(Instant::now);
+        self.samples
+            .push((started.elapsed().as_secs_f64(), rss_kib as f64));
+    }
+
+    /// The least-squares slope of the second half of the samples (the
+    /// first half includes pools and caches filling up), in MiB per
+    /// minute; zero with fewer than four samples there.
+    pub fn slope_mib_per_min(&self) -> f64 {
+        let half = &self.samples[self.samples.len() / 2..];
+        if half.len() < 4 {
+            return 0.0;
+        }
+        let n = half.len() as f64;
+        let mean_t = half.iter().map(|(t, _)| t).sum::<f64>() / n;
+        let mean_kib = half.iter().map(|(_, kib)| kib).sum::<f64>() / n;
+        let (mut covariance, mut variance) = (0.0, 0.0);
+        for (t, kib) in half {
+            covariance += (t - mean_t) * (kib - mean_kib);
+            variance += (t - mean_t) * (t - mean_t);
+        }
+        if variance == 0.0 {
+            return 0.0;
+        }
+        covariance / variance * 60.0 / 1024.0
+    }
+}

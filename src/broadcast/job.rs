@@ -1,14 +1,15 @@
 //! A broadcast's job in the store: each pod's outcome recorded as it
 //! happens (by a writer beside the deliveries, so a slow store never
-//! holds them up), the report's delivery to `report_to` recorded before
+//! holds them up; the memory store's writes are map inserts, made where
+//! they happen), the report's delivery to `report_to` recorded before
 //! and after it is sent, and [`Broadcaster::resume`]: finishing a job
 //! another router process left unfinished.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -77,8 +78,17 @@ impl Tracked {
     /// Marks the job running and starts the writer of pod outcomes.
     pub(super) async fn start(mut self) -> Recorder {
         self.job.state = JobState::Running;
-        self.save().await;
         let lost = Arc::clone(&self.lost);
+        if self.jobs.writes_at_once() {
+            // Written with the first outcomes: until then the job reads
+            // `accepted`, while its copies are on their way.
+            return Recorder {
+                sink: Sink::AtOnce(Box::new(std::sync::Mutex::new((self, true)))),
+                lost,
+                started: Instant::now(),
+            };
+        }
+        self.save().await;
         let (outcomes, mut received) = mpsc::unbounded_channel::<(usize, DeliveryReport)>();
         let writer = tokio::spawn(
             async move {
@@ -95,9 +105,9 @@ impl Tracked {
             .in_current_span(),
         );
         Recorder {
-            outcomes,
-            writer,
+            sink: Sink::Writer { outcomes, writer },
             lost,
+            started: Instant::now(),
         }
     }
 
@@ -114,14 +124,15 @@ impl Tracked {
             telemetry::job_stopped(&self.job.route, false);
             return;
         }
-        let json = serde_json::to_vec(&report).map(bytes::Bytes::from);
+        // Encoded only for a collector.
+        let json = report_to.map(|_| serde_json::to_vec(&report).map(bytes::Bytes::from));
         self.job.report = Some(report);
         let pending = self
             .job
             .report_to
             .as_ref()
             .is_none_or(|delivery| delivery.state == ReportState::Pending);
-        if let (Some(to), Ok(json), true) = (report_to, json, pending) {
+        if let (Some(to), Some(Ok(json)), true) = (report_to, json, pending) {
             let give_up_ms = self.job.report_to.as_ref().map_or_else(
                 || now_ms() + to.retry_for.as_millis() as u64,
                 |delivery| delivery.give_up_ms,
@@ -156,16 +167,61 @@ impl Tracked {
         }
         self.job.state = JobState::Done;
         self.job.finished_ms = Some(now_ms());
-        self.save().await;
-        telemetry::job_stopped(&self.job.route, !self.is_lost());
+        let route = self.job.route.clone();
+        let done = self.save_last().await;
+        telemetry::job_stopped(&route, done);
+    }
+
+    /// The job's last write, handing it to the store; whether this router
+    /// still owned it.
+    async fn save_last(self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        if self.superseded {
+            return true;
+        }
+        match self.jobs.update_last(self.job).await {
+            Err(StoreError::Lost(_)) => {
+                tracing::warn!(
+                    "Another router took this job over; this router stops working on it."
+                );
+                false
+            }
+            Err(StoreError::Superseded(_)) => {
+                tracing::info!(
+                    "A later broadcast with the same id replaced this job; this run goes on unrecorded."
+                );
+                true
+            }
+            _ => true,
+        }
     }
 }
 
-/// Hands pod outcomes to the job's writer.
+/// Hands pod outcomes to the job's writer, or keeps them with the job
+/// until they are written (the memory store).
 pub(super) struct Recorder {
-    outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
-    writer: JoinHandle<Tracked>,
+    sink: Sink,
     lost: Arc<AtomicBool>,
+    /// When deliveries started.
+    started: Instant,
+}
+
+/// How far into a broadcast the memory store's first progress write
+/// waits (see [`Recorder::next`]).
+const PROGRESS_DELAY: Duration = Duration::from_millis(5);
+
+/// Where a [`Recorder`] writes outcomes.
+enum Sink {
+    /// The memory store: kept with the job, then written by
+    /// [`Recorder::flush`] (a map insert), with whether some are unwritten.
+    AtOnce(Box<std::sync::Mutex<(Tracked, bool)>>),
+    /// A store with round trips: by a writer task beside the deliveries.
+    Writer {
+        outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
+        writer: JoinHandle<Tracked>,
+    },
 }
 
 impl Recorder {
@@ -177,9 +233,7 @@ impl Recorder {
 
     /// Records pod `index`'s outcome (written as soon as the store allows).
     pub(super) fn pod(&self, index: usize, target: &Target, delivery: &Delivery) {
-        let _ = self
-            .outcomes
-            .send((index, DeliveryReport::from_delivery(target, delivery)));
+        self.record(index, DeliveryReport::from_delivery(target, delivery));
     }
 
     /// Records pod `target` as failed without a delivery.
@@ -188,15 +242,83 @@ impl Recorder {
         result.pending = false;
         result.error = Some(ErrorKind::Protocol);
         result.detail = Some(detail.to_owned());
-        let _ = self.outcomes.send((target.index, result));
+        self.record(target.index, result);
     }
 
-    /// Waits until every recorded outcome is written.
+    /// Keeps or hands on one pod's result.
+    fn record(&self, index: usize, result: DeliveryReport) {
+        match &self.sink {
+            Sink::AtOnce(tracked) => {
+                let mut tracked = tracked.lock().unwrap_or_else(PoisonError::into_inner);
+                tracked.0.job.pods[index].result = Some(result);
+                tracked.1 = true;
+            }
+            Sink::Writer { outcomes, .. } => {
+                let _ = outcomes.send((index, result));
+            }
+        }
+    }
+
+    /// Writes the outcomes recorded since the last write, when the store
+    /// writes at once; [`Self::next`] calls it whenever no other outcome
+    /// is ready, so that outcomes arriving together make one write (the
+    /// writer task of the other stores batches the same way).
+    fn flush(&self) {
+        if let Sink::AtOnce(tracked) = &self.sink {
+            let mut tracked = tracked.lock().unwrap_or_else(PoisonError::into_inner);
+            let (tracked, unwritten) = &mut *tracked;
+            if std::mem::take(unwritten) {
+                // The store writes before the call returns: the future is
+                // ready when first polled.
+                let saved = tracked.save().now_or_never();
+                debug_assert!(saved.is_some(), "the store writes at once");
+            }
+        }
+    }
+
+    /// The next item of `outcomes`; when none is ready, what was recorded
+    /// so far is [flushed](Self::flush) before waiting.
+    /// With the memory store, progress is written no earlier than
+    /// [`PROGRESS_DELAY`] into the broadcast: one that finishes sooner is
+    /// written twice (accepted, done), not once per outcome as well.
+    pub(super) async fn next<S>(&self, outcomes: &mut S) -> Option<S::Item>
+    where
+        S: futures_util::Stream + Unpin,
+    {
+        if let Some(ready) = outcomes.next().now_or_never() {
+            return ready;
+        }
+        let write_at = match &self.sink {
+            Sink::AtOnce(_) => self.started + PROGRESS_DELAY,
+            Sink::Writer { .. } => return outcomes.next().await,
+        };
+        if write_at > Instant::now() {
+            tokio::select! {
+                biased;
+                next = outcomes.next() => return next,
+                () = tokio::time::sleep_until(write_at) => {}
+            }
+        }
+        self.flush();
+        outcomes.next().await
+    }
+
+    /// Waits until every recorded outcome is written, or (the memory
+    /// store) hands the job back with what is not written yet, for the
+    /// job's next write.
     pub(super) async fn written(self) -> Tracked {
-        drop(self.outcomes);
-        self.writer
-            .await
-            .expect("the job writer never panics: it only writes")
+        match self.sink {
+            Sink::AtOnce(tracked) => {
+                let (tracked, _) = tracked.into_inner().unwrap_or_else(PoisonError::into_inner);
+                tracked
+            }
+            Sink::Writer { outcomes, writer } => {
+                drop(outcomes);
+                writer
+                    .await
+                    .expect("the job writer never panics: it only writes")
+            }
+        }
     }
 }
 
@@ -272,10 +394,9 @@ impl Broadcaster {
             endpoint.tls.as_ref(),
             started,
         );
-        while let Some((position, delivery)) = deliveries.next().await {
+        while let Some((position, delivery)) = recorder.next(&mut deliveries).await {
             let target = &waiting[position];
-            telemetry::delivery_finished(
-                &route.name,
+            endpoint.metrics.delivery_finished(
                 delivery.outcome(),
                 delivery.attempts,
                 delivery.latency,

@@ -61,7 +61,7 @@ impl Broadcaster {
                 let started = Instant::now();
                 let key = this.shared.next_key.fetch_add(1, Ordering::Relaxed);
                 let _registered = InFlight::register(&this.shared.in_flight, key, &id, &route.name);
-                telemetry::broadcast_started(&route.name, targets.len());
+                endpoint.metrics.broadcast_started(targets.len());
                 let results = this
                     .shared
                     .udp
@@ -84,7 +84,9 @@ impl Broadcaster {
                     datagram_bytes,
                     results,
                 };
-                telemetry::broadcast_finished(&route.name, report.ok, started.elapsed());
+                endpoint
+                    .metrics
+                    .broadcast_finished(report.ok, started.elapsed());
                 tracing::info!(
                     ok = report.ok,
                     targets = report.targets,

@@ -143,8 +143,10 @@ pub struct Job {
     pub finished_ms: Option<u64>,
     /// How many times a router resumed it after another stopped.
     pub resumed: u32,
-    /// The distinct requests pods receive (one unless plugins transform).
-    pub requests: Vec<StoredRequest>,
+    /// The distinct requests pods receive (one unless plugins transform);
+    /// shared, so that copies of a job (the memory store keeps one per
+    /// write) do not copy them.
+    pub requests: Arc<[StoredRequest]>,
     /// Every pod, in target order.
     pub pods: Vec<PodJob>,
     /// The final report (the same a sync answer carries), once judged.
@@ -154,6 +156,42 @@ pub struct Job {
 }
 
 impl Job {
+    /// About the length of the job's JSON, without encoding it: the
+    /// stored requests (hex), each pod with its outcome, the report, and
+    /// some room for the fixed fields.
+    pub fn estimated_size(&self) -> u64 {
+        let requests: usize = self
+            .requests
+            .iter()
+            .map(|request| {
+                let headers: usize = request
+                    .headers
+                    .iter()
+                    .map(|(name, value)| name.len() + value.len() + 8)
+                    .sum();
+                request.path_and_query.len() + request.body.len() + headers + 64
+            })
+            .sum();
+        let result = |result: &DeliveryReport| {
+            160 + result.target.len()
+                + result.pod.as_ref().map_or(0, String::len)
+                + result.body.as_ref().map_or(0, String::len)
+                + result.detail.as_ref().map_or(0, String::len)
+        };
+        let pods: usize = self
+            .pods
+            .iter()
+            .map(|pod| {
+                96 + pod.service.as_ref().map_or(0, String::len)
+                    + pod.result.as_ref().map_or(0, result)
+            })
+            .sum();
+        let report = self.report.as_ref().map_or(0, |report| {
+            160 + report.results.iter().map(result).sum::<usize>()
+        });
+        (256 + 2 * self.id.len() + 2 * self.route.len() + requests + pods + report) as u64
+    }
+
     /// A new job for `targets`, each receiving `requests[i]`, stored as
     /// few distinct requests as there are.
     pub fn new(

@@ -3,7 +3,7 @@
 //! the oldest finished jobs first, so a router without `[jobs]` never
 //! refuses broadcasts for the status API's sake.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -11,38 +11,77 @@ use futures_util::future::{BoxFuture, FutureExt};
 
 use super::{Filter, Job, JobState, JobStore, StoreError, now_ms};
 
-/// Jobs in a map, with their encoded sizes (what `max_bytes` bounds).
+/// Jobs in a map, with their sizes (what `max_bytes` bounds).
 pub struct MemoryStore {
     jobs: Mutex<Map>,
     /// Finished jobs beyond this many bytes are forgotten, oldest first.
     limit: u64,
 }
 
-/// The jobs and how many of them are unfinished.
+/// The jobs, how many of them are unfinished, their total size, and the
+/// finished ones in the order they expire and are forgotten in.
 #[derive(Default)]
 struct Map {
     jobs: HashMap<String, (Job, u64)>,
     pending: usize,
+    size: u64,
+    finished: BTreeSet<(u64, String)>,
 }
 
 impl Map {
-    /// Stores `job`, keeping the unfinished count.
-    fn put(&mut self, job: &Job) {
-        let size = MemoryStore::size_of(job);
-        let old = self.jobs.insert(job.id.clone(), (job.clone(), size));
-        let was_pending = old.is_some_and(|(old, _)| old.state != JobState::Done);
-        let is_pending = job.state != JobState::Done;
-        match (was_pending, is_pending) {
-            (false, true) => self.pending += 1,
-            (true, false) => self.pending -= 1,
-            _ => {}
+    /// Stores `job`, keeping the counts, and forgets the oldest finished
+    /// jobs while the store is over `limit`: a few per write, rather than
+    /// a second's worth at once in [`MemoryStore::sweep`] (which would
+    /// hold the lock for milliseconds under load).
+    fn put(&mut self, job: Job, limit: u64) {
+        let size = MemoryStore::size_of(&job);
+        let finished = (job.state == JobState::Done).then(|| job.finished_ms.unwrap_or(0));
+        let id = job.id.clone();
+        if let Some((old, old_size)) = self.jobs.insert(id.clone(), (job, size)) {
+            self.forget(&old, old_size);
+        }
+        self.size += size;
+        if let Some(finished) = finished {
+            self.finished.insert((finished, id));
+        } else {
+            self.pending += 1;
+        }
+        while self.size > limit && !self.finished.is_empty() {
+            self.remove_oldest();
+        }
+    }
+
+    /// Takes `job`, just replaced or removed, out of the counts.
+    fn forget(&mut self, job: &Job, size: u64) {
+        self.size -= size;
+        if job.state == JobState::Done {
+            self.finished
+                .remove(&(job.finished_ms.unwrap_or(0), job.id.clone()));
+        } else {
+            self.pending -= 1;
+        }
+    }
+
+    /// Removes the finished job that expires first.
+    fn remove_oldest(&mut self) {
+        if let Some((_, id)) = self.finished.pop_first()
+            && let Some((job, size)) = self.jobs.remove(&id)
+        {
+            // Already out of `finished`: `forget` finds nothing to remove there.
+            self.forget(&job, size);
         }
     }
 }
 
+/// The memory store's size without a `[jobs]` table: a router that was not
+/// asked to keep jobs keeps recent ones for the status API, in bounded
+/// memory, whatever its traffic.
+pub const DEFAULT_LIMIT: u64 = 64 << 20;
+
 impl Default for MemoryStore {
+    /// A store within [`DEFAULT_LIMIT`].
     fn default() -> Self {
-        Self::with_limit(bytesize::ByteSize::gib(1).as_u64())
+        Self::with_limit(DEFAULT_LIMIT)
     }
 }
 
@@ -55,13 +94,33 @@ impl MemoryStore {
         }
     }
 
-    fn size_of(job: &Job) -> u64 {
-        serde_json::to_vec(job).map_or(0, |json| json.len() as u64)
+    /// Replaces a stored job with `job` (stored as `keep` makes it) unless
+    /// a later run or another owner has it now.
+    fn replace<J: std::borrow::Borrow<Job>>(
+        &self,
+        job: J,
+        keep: impl FnOnce(J) -> Job,
+    ) -> Result<(), StoreError> {
+        let mut map = self.jobs.lock().expect("job map lock");
+        let current = job.borrow();
+        match map.jobs.get(&current.id) {
+            Some((stored, _)) if stored.run != current.run => {
+                Err(StoreError::Superseded(current.id.clone()))
+            }
+            Some((stored, _)) if stored.owner != current.owner => {
+                Err(StoreError::Lost(current.id.clone()))
+            }
+            _ => {
+                map.put(keep(job), self.limit);
+                Ok(())
+            }
+        }
     }
 
-    fn expired(job: &Job, retention: Duration, now: u64) -> bool {
-        job.finished_ms
-            .is_some_and(|finished| finished + retention.as_millis() as u64 <= now)
+    /// A job's size: about its encoded length, estimated, so that no
+    /// write of a broadcast encodes the whole job.
+    fn size_of(job: &Job) -> u64 {
+        job.estimated_size()
     }
 }
 
@@ -79,7 +138,7 @@ impl JobStore for MemoryStore {
         let result = if !replaces_pending && map.pending >= max_pending {
             Err(StoreError::TooManyPending { limit: max_pending })
         } else {
-            map.put(job);
+            map.put(job.clone(), self.limit);
             Ok(())
         };
         futures_util::future::ready(result).boxed()
@@ -90,17 +149,16 @@ impl JobStore for MemoryStore {
         job: &'a Job,
         _retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let mut map = self.jobs.lock().expect("job map lock");
-        let result = match map.jobs.get(&job.id) {
-            Some((stored, _)) if stored.run != job.run => {
-                Err(StoreError::Superseded(job.id.clone()))
-            }
-            Some((stored, _)) if stored.owner != job.owner => Err(StoreError::Lost(job.id.clone())),
-            _ => {
-                map.put(job);
-                Ok(())
-            }
-        };
+        let result = self.replace(job, |job| job.clone());
+        futures_util::future::ready(result).boxed()
+    }
+
+    fn update_last<'a>(
+        &'a self,
+        job: Job,
+        _retention: Duration,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        let result = self.replace(job, |job| job);
         futures_util::future::ready(result).boxed()
     }
 
@@ -149,31 +207,24 @@ impl JobStore for MemoryStore {
 
     fn sweep(&self, retention: Duration) -> BoxFuture<'_, Result<u64, StoreError>> {
         let now = now_ms();
+        let retention = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
         let mut map = self.jobs.lock().expect("job map lock");
-        map.jobs
-            .retain(|_, (job, _)| !Self::expired(job, retention, now));
-        let mut size: u64 = map.jobs.values().map(|(_, size)| size).sum();
-        if size > self.limit {
-            let mut finished: Vec<(u64, String, u64)> = map
-                .jobs
-                .values()
-                .filter(|(job, _)| job.state == JobState::Done)
-                .map(|(job, size)| (job.finished_ms.unwrap_or(0), job.id.clone(), *size))
-                .collect();
-            finished.sort();
-            for (_, id, bytes) in finished {
-                if size <= self.limit {
-                    break;
-                }
-                map.jobs.remove(&id);
-                size -= bytes;
+        while let Some((finished, _)) = map.finished.first() {
+            let expired = finished.saturating_add(retention) <= now;
+            if !expired && map.size <= self.limit {
+                break;
             }
+            map.remove_oldest();
         }
-        futures_util::future::ready(Ok(size)).boxed()
+        futures_util::future::ready(Ok(map.size)).boxed()
     }
 
     fn kind(&self) -> &'static str {
         "memory"
+    }
+
+    fn writes_at_once(&self) -> bool {
+        true
     }
 }
 
