@@ -231,14 +231,6 @@ impl JobStore for FileStore {
         })
     }
 
-    fn heartbeat<'a>(
-        &'a self,
-        _owner: &'a str,
-        _lease: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        futures_util::future::ready(Ok(())).boxed()
-    }
-
     fn claim<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<Vec<Job>, StoreError>> {
         let owner = owner.to_owned();
         self.blocking(move |store| {

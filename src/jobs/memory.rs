@@ -3,6 +3,7 @@
 //! the oldest finished jobs first, so a router without `[jobs]` never
 //! refuses broadcasts for the status API's sake.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -34,10 +35,14 @@ impl Map {
     /// a second's worth at once in [`MemoryStore::sweep`] (which would
     /// hold the lock for milliseconds under load).
     fn put(&mut self, job: Job, limit: u64) {
-        let size = MemoryStore::size_of(&job);
-        let finished = (job.state == JobState::Done).then(|| job.finished_ms.unwrap_or(0));
+        // An estimate: no write of a broadcast encodes the whole job.
+        let size = job.estimated_size();
+        let finished = finished_at(&job);
         let id = job.id.clone();
         if let Some((old, old_size)) = self.jobs.insert(id.clone(), (job, size)) {
+            if let Some(old_finished) = finished_at(&old) {
+                self.finished.remove(&(old_finished, id.clone()));
+            }
             self.forget(&old, old_size);
         }
         self.size += size;
@@ -51,13 +56,11 @@ impl Map {
         }
     }
 
-    /// Takes `job`, just replaced or removed, out of the counts.
+    /// Takes `job`, just replaced or removed (and out of `finished`),
+    /// out of the size and the unfinished count.
     fn forget(&mut self, job: &Job, size: u64) {
         self.size -= size;
-        if job.state == JobState::Done {
-            self.finished
-                .remove(&(job.finished_ms.unwrap_or(0), job.id.clone()));
-        } else {
+        if finished_at(job).is_none() {
             self.pending -= 1;
         }
     }
@@ -67,10 +70,15 @@ impl Map {
         if let Some((_, id)) = self.finished.pop_first()
             && let Some((job, size)) = self.jobs.remove(&id)
         {
-            // Already out of `finished`: `forget` finds nothing to remove there.
             self.forget(&job, size);
         }
     }
+}
+
+/// When `job` finished (its key in [`Map::finished`]); `None` while it is
+/// unfinished.
+fn finished_at(job: &Job) -> Option<u64> {
+    (job.state == JobState::Done).then(|| job.finished_ms.unwrap_or(0))
 }
 
 /// The memory store's size without a `[jobs]` table: a router that was not
@@ -94,33 +102,20 @@ impl MemoryStore {
         }
     }
 
-    /// Replaces a stored job with `job` (stored as `keep` makes it) unless
-    /// a later run or another owner has it now.
-    fn replace<J: std::borrow::Borrow<Job>>(
-        &self,
-        job: J,
-        keep: impl FnOnce(J) -> Job,
-    ) -> Result<(), StoreError> {
+    /// Replaces a stored job with `job` unless a later run or another
+    /// owner has it now; a borrowed `job` is copied only to be stored.
+    fn replace(&self, job: Cow<'_, Job>) -> Result<(), StoreError> {
         let mut map = self.jobs.lock().expect("job map lock");
-        let current = job.borrow();
-        match map.jobs.get(&current.id) {
-            Some((stored, _)) if stored.run != current.run => {
-                Err(StoreError::Superseded(current.id.clone()))
+        match map.jobs.get(&job.id) {
+            Some((stored, _)) if stored.run != job.run => {
+                Err(StoreError::Superseded(job.id.clone()))
             }
-            Some((stored, _)) if stored.owner != current.owner => {
-                Err(StoreError::Lost(current.id.clone()))
-            }
+            Some((stored, _)) if stored.owner != job.owner => Err(StoreError::Lost(job.id.clone())),
             _ => {
-                map.put(keep(job), self.limit);
+                map.put(job.into_owned(), self.limit);
                 Ok(())
             }
         }
-    }
-
-    /// A job's size: about its encoded length, estimated, so that no
-    /// write of a broadcast encodes the whole job.
-    fn size_of(job: &Job) -> u64 {
-        job.estimated_size()
     }
 }
 
@@ -149,7 +144,7 @@ impl JobStore for MemoryStore {
         job: &'a Job,
         _retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let result = self.replace(job, |job| job.clone());
+        let result = self.replace(Cow::Borrowed(job));
         futures_util::future::ready(result).boxed()
     }
 
@@ -158,7 +153,7 @@ impl JobStore for MemoryStore {
         job: Job,
         _retention: Duration,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let result = self.replace(job, |job| job);
+        let result = self.replace(Cow::Owned(job));
         futures_util::future::ready(result).boxed()
     }
 
@@ -181,14 +176,6 @@ impl JobStore for MemoryStore {
         found.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
         found.truncate(filter.limit);
         futures_util::future::ready(Ok(found)).boxed()
-    }
-
-    fn heartbeat<'a>(
-        &'a self,
-        _owner: &'a str,
-        _lease: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        futures_util::future::ready(Ok(())).boxed()
     }
 
     fn claim<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<Vec<Job>, StoreError>> {
