@@ -83,9 +83,11 @@ impl Tracked {
             // Written with the first outcomes: until then the job reads
             // `accepted`, while its copies are on their way.
             return Recorder {
-                sink: Sink::AtOnce(Box::new(std::sync::Mutex::new((self, true)))),
+                sink: Sink::AtOnce {
+                    tracked: Box::new(std::sync::Mutex::new((self, true))),
+                    write_from: Instant::now() + PROGRESS_DELAY,
+                },
                 lost,
-                started: Instant::now(),
             };
         }
         self.save().await;
@@ -107,7 +109,6 @@ impl Tracked {
         Recorder {
             sink: Sink::Writer { outcomes, writer },
             lost,
-            started: Instant::now(),
         }
     }
 
@@ -204,8 +205,6 @@ impl Tracked {
 pub(super) struct Recorder {
     sink: Sink,
     lost: Arc<AtomicBool>,
-    /// When deliveries started.
-    started: Instant,
 }
 
 /// How far into a broadcast the memory store's first progress write
@@ -216,7 +215,12 @@ const PROGRESS_DELAY: Duration = Duration::from_millis(5);
 enum Sink {
     /// The memory store: kept with the job, then written by
     /// [`Recorder::flush`] (a map insert), with whether some are unwritten.
-    AtOnce(Box<std::sync::Mutex<(Tracked, bool)>>),
+    AtOnce {
+        tracked: Box<std::sync::Mutex<(Tracked, bool)>>,
+        /// No progress is written before this ([`PROGRESS_DELAY`] into
+        /// the deliveries).
+        write_from: Instant,
+    },
     /// A store with round trips: by a writer task beside the deliveries.
     Writer {
         outcomes: mpsc::UnboundedSender<(usize, DeliveryReport)>,
@@ -248,7 +252,7 @@ impl Recorder {
     /// Keeps or hands on one pod's result.
     fn record(&self, index: usize, result: DeliveryReport) {
         match &self.sink {
-            Sink::AtOnce(tracked) => {
+            Sink::AtOnce { tracked, .. } => {
                 let mut tracked = tracked.lock().unwrap_or_else(PoisonError::into_inner);
                 tracked.0.job.pods[index].result = Some(result);
                 tracked.1 = true;
@@ -264,7 +268,7 @@ impl Recorder {
     /// is ready, so that outcomes arriving together make one write (the
     /// writer task of the other stores batches the same way).
     fn flush(&self) {
-        if let Sink::AtOnce(tracked) = &self.sink {
+        if let Sink::AtOnce { tracked, .. } = &self.sink {
             let mut tracked = tracked.lock().unwrap_or_else(PoisonError::into_inner);
             let (tracked, unwritten) = &mut *tracked;
             if std::mem::take(unwritten) {
@@ -289,7 +293,7 @@ impl Recorder {
             return ready;
         }
         let write_at = match &self.sink {
-            Sink::AtOnce(_) => self.started + PROGRESS_DELAY,
+            Sink::AtOnce { write_from, .. } => *write_from,
             Sink::Writer { .. } => return outcomes.next().await,
         };
         if write_at > Instant::now() {
@@ -308,7 +312,7 @@ impl Recorder {
     /// job's next write.
     pub(super) async fn written(self) -> Tracked {
         match self.sink {
-            Sink::AtOnce(tracked) => {
+            Sink::AtOnce { tracked, .. } => {
                 let (tracked, _) = tracked.into_inner().unwrap_or_else(PoisonError::into_inner);
                 tracked
             }
