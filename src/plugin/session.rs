@@ -217,13 +217,7 @@ impl Session {
             let count = targets.len();
             let chosen = {
                 let labels: Vec<_> = targets.iter().map(Target::labels).collect();
-                let records: Vec<_> = targets
-                    .iter()
-                    .zip(&labels)
-                    .map(|(target, labels)| {
-                        bindings::target(target, address_of(&addresses, target), labels)
-                    })
-                    .collect();
+                let records = lend_targets(&targets, &addresses, &labels);
                 let headers = head.headers();
                 let head = head.lend(&headers);
                 self.call(
@@ -404,6 +398,21 @@ impl Session {
             }
         }
     }
+}
+
+/// `targets` lent to a hook call, each with its address from
+/// [`Session::take_addresses`] and its labels from `labels` (what
+/// [`Target::labels`] lists for each, in order).
+pub(super) fn lend_targets<'a>(
+    targets: &'a [Target],
+    addresses: &'a [Option<String>],
+    labels: &'a [Vec<(&'a str, &'a str)>],
+) -> Vec<bindings::v0_2::Target<'a>> {
+    targets
+        .iter()
+        .zip(labels)
+        .map(|(target, labels)| bindings::target(target, address_of(addresses, target), labels))
+        .collect()
 }
 
 /// `target`'s address from [`Session::take_addresses`].

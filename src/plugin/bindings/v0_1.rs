@@ -21,29 +21,4 @@ wasmtime::component::bindgen!({
         "broadcast:plugin/log@0.1.0": crate::plugin::bindings::v0_2::broadcast::plugin::log,
     },
 });
-impl<T: 'static> PluginPre<T> {
-    /// A new instance in `store`, its exports looked up by the indices
-    /// [`PluginPre::new`] type-checked. (The generated `instantiate` checks
-    /// every export's type again on each instantiation, a few
-    /// microseconds per plugin per broadcast.)
-    pub fn instantiate_prechecked(
-        &self,
-        mut store: impl wasmtime::AsContextMut<Data = T>,
-    ) -> wasmtime::Result<Plugin> {
-        let mut store = store.as_context_mut();
-        let instance = self.instance_pre.instantiate(&mut store)?;
-        let indices = &self.indices;
-        let mut func = |index: &wasmtime::component::ComponentExportIndex| {
-            instance
-                .get_func(&mut store, index)
-                .ok_or_else(|| wasmtime::format_err!("an export checked at load is missing"))
-        };
-        Ok(Plugin {
-            hooks: func(&indices.hooks)?,
-            init: func(&indices.init)?,
-            select_targets: func(&indices.select_targets)?,
-            transform: func(&indices.transform)?,
-            aggregate: func(&indices.aggregate)?,
-        })
-    }
-}
+super::instantiate_prechecked!();

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use super::{PluginFailure, Session, address_of};
+use super::{PluginFailure, Session, lend_targets};
 use crate::plugin::bindings::{
     self, Contract, Hooks, InvalidOutput, LentHeaders, Patcher, RequestHead, RequestPatch,
 };
@@ -44,13 +44,7 @@ impl Session {
         let addresses = self.take_addresses(targets);
         let result = {
             let labels: Vec<_> = targets.iter().map(Target::labels).collect();
-            let records: Vec<_> = targets
-                .iter()
-                .zip(&labels)
-                .map(|(target, labels)| {
-                    bindings::target(target, address_of(&addresses, target), labels)
-                })
-                .collect();
+            let records = lend_targets(targets, &addresses, &labels);
             transformers
                 .into_iter()
                 .try_for_each(|index| self.transform_with(index, head, &records, &mut copies))
