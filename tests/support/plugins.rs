@@ -11,22 +11,28 @@ use std::sync::OnceLock;
 pub fn built() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let output = Command::new("bash")
-                .arg(root.join("plugins/build.sh"))
-                .current_dir(&root)
-                .output()
-                .expect("bash runs plugins/build.sh");
-            assert!(
-                output.status.success(),
-                "plugins/build.sh failed:\n{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
-            );
-            root.join("plugins/build")
-        })
+        .get_or_init(|| build(&[], "plugins/build.sh failed"))
         .clone()
+}
+
+/// Runs `plugins/build.sh` with `languages` (none: Rust), failing with
+/// `failure` and the script's output; returns the folder of the `.wasm`
+/// files.
+fn build(languages: &[&str], failure: &str) -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new("bash")
+        .arg(root.join("plugins/build.sh"))
+        .args(languages)
+        .current_dir(&root)
+        .output()
+        .expect("bash runs plugins/build.sh");
+    assert!(
+        output.status.success(),
+        "{failure}:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    root.join("plugins/build")
 }
 
 /// A `[plugins.NAME]` table for the freshly built `file` (e.g.
@@ -55,21 +61,11 @@ pub fn guests() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-            let output = Command::new("bash")
-                .arg(root.join("plugins/build.sh"))
-                .args(["python", "javascript"])
-                .current_dir(&root)
-                .output()
-                .expect("bash runs plugins/build.sh");
-            assert!(
-                output.status.success(),
+            let dir = build(
+                &["python", "javascript"],
                 "building the Python and JavaScript plugins failed (their tools are \
-                 installed by `bash scripts/test`):\n{}\n{}",
-                String::from_utf8_lossy(&output.stdout),
-                String::from_utf8_lossy(&output.stderr)
+                 installed by `bash scripts/test`)",
             );
-            let dir = root.join("plugins/build");
             let mut text = String::new();
             for file in GUEST_FILES {
                 text.push_str(&format!(
