@@ -1,7 +1,8 @@
 //! The two versions of the plugin contract, through the real router with
 //! real pods and plugins built from source: `broadcast:plugin@0.2.0`
 //! calls `transform` once for the pods that share a copy of the request
-//! and takes one patch per pod; a wrong count is invalid output; each
+//! and takes one patch per pod, or one for all of them; another count is
+//! invalid output; each
 //! plugin of a chain sees each pod's own copy; pods given equal patches
 //! keep sharing a copy, so a later plugin is still called once; a 0.1.0
 //! component keeps working, alone and chained with 0.2.0 plugins; the
@@ -109,7 +110,7 @@ fn the_released_0_1_0_contract_is_frozen() {
 async fn one_transform_call_covers_every_pod_and_a_wrong_patch_count_is_invalid() {
     let pods = Pods::start(230, &[Behaviour::Ok, Behaviour::Ok, Behaviour::Ok]).await;
     let config = format!(
-        "{}{}{}{}{}{}",
+        "{}{}{}{}{}{}{}",
         preamble(None),
         table("stress", "stress.wasm"),
         plugins::table(
@@ -132,6 +133,11 @@ async fn one_transform_call_covers_every_pod_and_a_wrong_patch_count_is_invalid(
             &pods,
             "[{ use = \"stress-open\", config = { patch_count = 2, stamp_target = true } }]"
         ),
+        route(
+            "one-for-all",
+            &pods,
+            "[{ use = \"stress\", config = { patch_count = 1, stamp_target = true, count_calls = true } }]"
+        ),
     );
     let router = TestRouter::start(&config).await;
 
@@ -148,7 +154,7 @@ async fn one_transform_call_covers_every_pod_and_a_wrong_patch_count_is_invalid(
     assert!(
         error(&answer).contains(
             "plugin \"stress\" returned invalid output: 4 patches for 3 targets \
-             (transform returns one patch per target, in the same order) in transform \
+             (transform returns one patch per target, in the same order, or one patch for all of them) in transform \
              (policy fail-closed, answering 502)"
         ),
         "{}",
@@ -163,6 +169,26 @@ async fn one_transform_call_covers_every_pod_and_a_wrong_patch_count_is_invalid(
     for pod in &pods.pods {
         let last = pod.received().pop().unwrap();
         assert_eq!(last.header("x-stress-target"), None, "{}", pod.addr);
+    }
+
+    // One patch for three pods, from one call, applies to all of them (the
+    // first pod's stamp, here). That they keep sharing one copy, so that a
+    // later plugin is called once, is the next test's: hmac-sign's equal
+    // patches reach the router as one, through the SDK.
+    let answer = router.post("/one-for-all", "{}").await;
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.json);
+    assert_eq!(pods.total(), before + 6);
+    let first = addresses(&pods).swap_remove(0);
+    for pod in &pods.pods {
+        let last = pod.received().pop().unwrap();
+        assert_eq!(
+            last.header("x-stress-target"),
+            Some(&*first),
+            "{}",
+            pod.addr
+        );
+        assert_eq!(last.header("x-stress-call"), Some("1"), "{}", pod.addr);
+        assert_eq!(last.header("x-stress-targets"), Some("3"), "{}", pod.addr);
     }
 }
 

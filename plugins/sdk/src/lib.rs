@@ -124,8 +124,10 @@ pub trait Plugin: Sized + 'static {
     /// earlier plugin of the route's chain gave pods different copies.
     /// Pods given equal patches keep sharing one copy, so a later plugin
     /// still gets them in one call: return the same patch for pods that
-    /// need no difference. Override this hook for work that is the same
-    /// for every pod, done once (parsing the body, a signature's key…).
+    /// need no difference. When every patch is the same, the export sends
+    /// the router that one patch for all the pods. Override this hook for
+    /// work that is the same for every pod, done once (parsing the body, a
+    /// signature's key…).
     fn transform(
         &self,
         request: &Request,
@@ -162,6 +164,16 @@ pub fn keep_where(targets: &[Target], mut keep: impl FnMut(&Target) -> bool) -> 
         .filter(|(_, target)| keep(target))
         .map(|(position, _)| position)
         .collect()
+}
+
+/// `patches` as the exported `transform` returns them: a single patch
+/// when they are all equal (the router applies it to every target, and
+/// one patch crosses into the router instead of one per pod).
+fn one_patch_when_equal(mut patches: Vec<RequestPatch>) -> Vec<RequestPatch> {
+    if patches.len() > 1 && patches.iter().all(|patch| *patch == patches[0]) {
+        patches.truncate(1);
+    }
+    patches
 }
 
 /// The config of a plugin without settings: accepts only `{}`.
@@ -301,7 +313,9 @@ pub mod __private {
 
         fn transform(request: Request, targets: Vec<Target>) -> Result<Vec<RequestPatch>, String> {
             super::with_instance("transform", |plugin: &P| {
-                plugin.transform(&request, &targets)
+                plugin
+                    .transform(&request, &targets)
+                    .map(super::one_patch_when_equal)
             })
         }
 
@@ -469,9 +483,10 @@ mod tests {
             Ok(vec![0, 2, 4])
         );
         let request = testing::request("b-1", b"{}");
+        // Two equal patches cross into the router as one, for both pods.
         assert_eq!(
             Exports::<Every>::transform(request, targets[1..3].to_vec()),
-            Ok(vec![RequestPatch::default(); 2])
+            Ok(vec![RequestPatch::default()])
         );
         assert_eq!(
             Exports::<Every>::aggregate(head, Vec::new()),

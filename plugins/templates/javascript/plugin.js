@@ -2,7 +2,8 @@
 //
 // - select-targets: every pod except those listed in the config's `skip`;
 // - transform: sets `x-plugin-tag` on each pod's copy when `tag` is set
-//   (one call for many pods: one patch per pod, in order);
+//   (one call for many pods: one patch for all of them here; one per pod,
+//   in order, when they differ);
 // - aggregate: ok when every pod answered 2xx (200, else 502), with a JSON
 //   summary as the body.
 //
@@ -40,14 +41,16 @@ export const selectTargets = hook((head, targets) => {
 });
 
 export const transform = hook((request, targets) => {
-  // One patch per target, in order. The tag is the same for every pod, so
-  // every pod gets the same patch (and the pods keep sharing one copy).
+  // One patch per target, in order, or a single patch for all of them.
+  // The tag is the same for every pod, so one patch does (and the pods
+  // keep sharing one copy); it is also cheaper: every patch returned
+  // crosses into the router. For a patch that depends on the pod, return
+  // targets.map((target) => patchFor(target)).
   const setHeaders = [];
   if (config.tag !== undefined) {
     setHeaders.push({ name: "x-plugin-tag", value: String(config.tag) });
   }
-  const patch = { setHeaders, removeHeaders: [], path: undefined, body: undefined };
-  return targets.map(() => patch);
+  return [{ setHeaders, removeHeaders: [], path: undefined, body: undefined }];
 });
 
 export const aggregate = hook((head, outcomes) => {

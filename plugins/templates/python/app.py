@@ -2,7 +2,8 @@
 
 - select-targets: every pod except those listed in the config's `skip`;
 - transform: sets `x-plugin-tag` on each pod's copy when `tag` is set
-  (one call for many pods: one patch per pod, in order);
+  (one call for many pods: one patch for all of them here; one per pod,
+  in order, when they differ);
 - aggregate: ok when every pod answered 2xx (200, else 502), with a JSON
   summary as the body.
 
@@ -40,13 +41,14 @@ class WitWorld(wit_world.WitWorld):
         return kept
 
     def transform(self, request: types.Request, targets: List[types.Target]) -> List[types.RequestPatch]:
-        # One patch per target, in order. The tag is the same for every pod,
-        # so every pod gets the same patch (and the pods keep sharing one copy).
+        # One patch per target, in order, or a single patch for all of
+        # them. The tag is the same for every pod, so one patch does (and
+        # the pods keep sharing one copy). For a patch that depends on the
+        # pod, return [patch_for(target) for target in targets].
         headers = []
         if "tag" in config:
             headers.append(types.Header(name="x-plugin-tag", value=str(config["tag"])))
-        patch = types.RequestPatch(set_headers=headers, remove_headers=[], path=None, body=None)
-        return [patch for _ in targets]
+        return [types.RequestPatch(set_headers=headers, remove_headers=[], path=None, body=None)]
 
     def aggregate(self, head: types.RequestHead, outcomes: List[types.Outcome]) -> types.Verdict:
         answered = sum(1 for outcome in outcomes if outcome.error is None)

@@ -24,7 +24,9 @@ impl Session {
     /// gives pods different copies; a 0.1.0 plugin once per pod. Pods of a
     /// group given equal patches keep sharing one copy (an empty patch
     /// keeps the copy as it was), so a later plugin still sees them as one
-    /// group. Every call runs under the plugin's limits and failure policy.
+    /// group; so do the pods of a call answered with a single patch, which
+    /// applies to all of them. Every call runs under the plugin's limits
+    /// and failure policy.
     pub fn transform(
         &mut self,
         head: &RequestHead,
@@ -86,10 +88,16 @@ impl Session {
                     Hooks::TRANSFORM,
                     "transform",
                     |plugin, store| plugin.call_transform(store, request.clone(), &lent_targets),
-                    |patches: Vec<RequestPatch>| {
+                    |mut patches: Vec<RequestPatch>| {
+                        if patches.len() == 1 && count > 1 {
+                            // One patch for every target of the call: applied
+                            // once, and the pods keep sharing one copy.
+                            let copy = patcher.apply(patches.remove(0))?;
+                            return Ok(vec![copy; count]);
+                        }
                         if patches.len() != count {
                             return Err(InvalidOutput(format!(
-                                "{} patches for {count} targets (transform returns one patch per target, in the same order)",
+                                "{} patches for {count} targets (transform returns one patch per target, in the same order, or one patch for all of them)",
                                 patches.len()
                             )));
                         }

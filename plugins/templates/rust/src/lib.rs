@@ -47,8 +47,8 @@ impl Plugin for Template {
     }
 
     /// One patch per target, in order. The tag is the same for every pod,
-    /// so every pod gets the same patch (and the pods keep sharing one
-    /// copy). For a patch that depends on the pod, implement
+    /// so every pod gets the same patch (the pods keep sharing one copy,
+    /// and the SDK hands the router that one patch for all). For a patch that depends on the pod, implement
     /// `transform_target(request, target)` instead and let the SDK's
     /// `transform` call it for each target.
     fn transform(
