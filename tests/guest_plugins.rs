@@ -152,12 +152,17 @@ async fn python_and_javascript_plugins_filter_transform_and_aggregate() {
         let answer = router.post(&format!("/{language}-probe"), "{}").await;
         assert_eq!(answer.status, StatusCode::OK, "{language}: {}", answer.json);
         // The aggregate hook decides the answer.
-        // One transform call for both pods, one patch for each.
+        // One transform call for both pods, one patch for each; the pods'
+        // answers reach the plugin (as text, for the JavaScript one's JSON).
+        let bodies: Vec<String> = pods.pods[1..]
+            .iter()
+            .map(|pod| format!("{{\"pod\":\"{}\"}}", pod.addr))
+            .collect();
         assert_eq!(
             answer.json,
             json!({
                 "probe": language, "answered": 2, "pods": 2, "broadcasts": 1,
-                "transform_calls": 1, "transformed": 2,
+                "transform_calls": 1, "transformed": 2, "bodies": bodies,
             }),
             "{language}"
         );

@@ -198,4 +198,12 @@ fn plugin_inspect_tells_what_a_component_is_and_whether_it_loads() {
     let why = facts["loadable"]["why"].as_str().unwrap();
     assert!(why.contains("raise `memory`"), "{why}");
     assert_eq!(facts["initial_memory_bytes"].as_u64(), Some(memory));
+
+    // The JavaScript plugins take their inputs as JSON: the other world.
+    let javascript = guests.join("shard_filter_javascript.wasm");
+    let (code, facts) = plugin(&["inspect", javascript.to_str().unwrap()], "");
+    assert_eq!(code, Some(0), "{facts}");
+    assert_eq!(facts["world"], "plugin-json");
+    assert_eq!(facts["package"], "broadcast:plugin@0.2.0");
+    assert_eq!(facts["loadable"]["ok"], true);
 }

@@ -20,11 +20,13 @@ use crate::vocabulary::delivery::{Delivery, ErrorKind as DeliveryErrorKind, PodR
 use crate::vocabulary::headers::{is_router_owned, valid_host};
 use crate::vocabulary::target::Target as Pod;
 
-/// `PluginPre::instantiate_prechecked` for the bindings of one contract
-/// version (the generated types differ per version; the code does not).
+/// `PluginPre::instantiate_prechecked` for the bindings of one world of a
+/// contract version, given the names of its generated `…Pre` and
+/// instance types (the generated types differ per world; the code does
+/// not).
 macro_rules! instantiate_prechecked {
-    () => {
-        impl<T: 'static> PluginPre<T> {
+    ($pre:ident, $plugin:ident) => {
+        impl<T: 'static> $pre<T> {
             /// A new instance in `store`, its exports looked up by the indices
             /// [`PluginPre::new`] type-checked. (The generated `instantiate` checks
             /// every export's type again on each instantiation, a few
@@ -32,7 +34,7 @@ macro_rules! instantiate_prechecked {
             pub fn instantiate_prechecked(
                 &self,
                 mut store: impl wasmtime::AsContextMut<Data = T>,
-            ) -> wasmtime::Result<Plugin> {
+            ) -> wasmtime::Result<$plugin> {
                 let mut store = store.as_context_mut();
                 let instance = self.instance_pre.instantiate(&mut store)?;
                 let indices = &self.indices;
@@ -41,7 +43,7 @@ macro_rules! instantiate_prechecked {
                         wasmtime::format_err!("an export checked at load is missing")
                     })
                 };
-                Ok(Plugin {
+                Ok($plugin {
                     hooks: func(&indices.hooks)?,
                     init: func(&indices.init)?,
                     select_targets: func(&indices.select_targets)?,
@@ -55,8 +57,10 @@ macro_rules! instantiate_prechecked {
 use instantiate_prechecked;
 
 pub mod contract;
+mod json;
 pub mod v0_1;
 pub mod v0_2;
+pub mod v0_2_json;
 
 /// The contract's types, shared by both versions (0.1.0's bindings reuse
 /// 0.2.0's `types`).

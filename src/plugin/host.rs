@@ -149,7 +149,7 @@ impl PluginHost {
         })?;
         let pre = PluginPre::new(contract, instance_pre).map_err(|error| {
             format!(
-                "{} does not export the `plugin` world of {contract}: {error:#}",
+                "{} does not export the `plugin` world of {contract} (or, for 0.2.0, `plugin-json`): {error:#}",
                 config.path.display()
             )
         })?;
@@ -185,6 +185,7 @@ impl PluginHost {
             path = %config.path.display(),
             hooks = ?plugin.hooks,
             contract = contract.version(),
+            world = plugin.world(),
             "Plugin loaded."
         );
         Ok(plugin)
@@ -195,6 +196,11 @@ impl PluginHost {
 const LOAD_BUDGET: Duration = Duration::from_secs(2);
 
 impl LoadedPlugin {
+    /// The world it exports: `plugin`, or `plugin-json`.
+    pub fn world(&self) -> &'static str {
+        self.pre.world()
+    }
+
     /// A fresh instance in a fresh store with this plugin's limits.
     pub(super) fn instantiate(
         &self,

@@ -31,7 +31,7 @@ pub fn inspect(path: &Path, memory: &str, hook_timeout: Duration) -> Result<Valu
     let config =
         Config::parse(&text).map_err(|problems| TryoutError::Input(problems.to_string()))?;
     let loaded = Plugins::load(&config);
-    let (component, engine, hooks, loadable) = match &loaded {
+    let (component, engine, hooks, world, loadable) = match &loaded {
         Ok(plugins) => {
             let chain = plugins.chain("inspect");
             let plugin = &chain.links[0].plugin;
@@ -39,6 +39,7 @@ pub fn inspect(path: &Path, memory: &str, hook_timeout: Duration) -> Result<Valu
                 plugin.component.clone(),
                 plugin.engine.clone(),
                 json!(chain.hooks_of_first()),
+                json!(plugin.world()),
                 json!({ "ok": true }),
             )
         }
@@ -54,6 +55,7 @@ pub fn inspect(path: &Path, memory: &str, hook_timeout: Duration) -> Result<Valu
             (
                 component,
                 engine,
+                Value::Null,
                 Value::Null,
                 json!({ "ok": false, "why": reason.join("; ") }),
             )
@@ -92,7 +94,7 @@ pub fn inspect(path: &Path, memory: &str, hook_timeout: Duration) -> Result<Valu
         .map(|pages| pages * 65536);
     Ok(json!({
         "file": path.display().to_string(),
-        "world": "plugin",
+        "world": world,
         "package": package,
         "contract": contract,
         "hooks": hooks,

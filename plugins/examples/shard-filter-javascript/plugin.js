@@ -76,7 +76,9 @@ export const init = hook((text) => {
   settings = parse(JSON.parse(text));
 });
 
-export const selectTargets = hook((head, targets) => {
+export const selectTargets = hook((headJson, targetsJson) => {
+  const head = JSON.parse(headJson);
+  const targets = JSON.parse(targetsJson);
   const candidates = [];
   targets.forEach((target, position) => {
     const excluded = settings.exclude.some(
@@ -107,11 +109,12 @@ export const selectTargets = hook((head, targets) => {
       score: hash(`${head.broadcastId}\n${authority(target)}`) % 10000n,
     }));
     const kept = scored.filter(({ score }) => score < settings.sampleBasisPoints);
-    if (kept.length > 0) return kept.map(({ position }) => position);
+    if (kept.length > 0) return Uint32Array.from(kept, ({ position }) => position);
     scored.sort((a, b) => (a.score === b.score ? a.position - b.position : a.score < b.score ? -1 : 1));
     return [scored[0].position];
   }
-  return chosen.map(({ position }) => position);
+  // One copy into the router (an array is copied element by element).
+  return Uint32Array.from(chosen, ({ position }) => position);
 });
 
 export function transform() {

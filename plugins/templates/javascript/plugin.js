@@ -7,6 +7,11 @@
 // - aggregate: ok when every pod answered 2xx (200, else 502), with a JSON
 //   summary as the body.
 //
+// World: plugin-json (build.sh). The hooks get the records of the contract
+// as JSON text (camelCase fields, null for an absent option, a pod's body
+// as text): parse what you use. The request's body comes as a Uint8Array;
+// results are plain objects.
+//
 // Errors: throw a string or an Error from a hook wrapped in `hook(...)`: it
 // becomes the hook's error, with the message. (componentize-js itself can
 // only return a thrown string; an Error thrown outside `hook` traps, and
@@ -26,9 +31,12 @@ export const init = hook((text) => {
   if (unknown.length > 0) {
     throw new Error(`unknown config keys: ${unknown.join(", ")}`);
   }
+  // Each log call crosses into the router: log what helps, not every call.
+  log("debug", "template plugin ready", [["skip", String((config.skip ?? []).length)]]);
 });
 
-export const selectTargets = hook((head, targets) => {
+export const selectTargets = hook((headJson, targetsJson) => {
+  const targets = JSON.parse(targetsJson);
   const skip = config.skip ?? [];
   const kept = [];
   targets.forEach((target, position) => {
@@ -36,11 +44,12 @@ export const selectTargets = hook((head, targets) => {
       kept.push(position);
     }
   });
-  log("debug", "selected", [["kept", String(kept.length)]]);
-  return kept;
+  // A Uint32Array crosses into the router in one copy; an array of
+  // numbers is checked and copied one element at a time.
+  return Uint32Array.from(kept);
 });
 
-export const transform = hook((request, targets) => {
+export const transform = hook((headJson, body, targetsJson) => {
   // One patch per target, in order, or a single patch for all of them.
   // The tag is the same for every pod, so one patch does (and the pods
   // keep sharing one copy); it is also cheaper: every patch returned
@@ -53,8 +62,9 @@ export const transform = hook((request, targets) => {
   return [{ setHeaders, removeHeaders: [], path: undefined, body: undefined }];
 });
 
-export const aggregate = hook((head, outcomes) => {
-  const answered = outcomes.filter((outcome) => outcome.error === undefined).length;
+export const aggregate = hook((headJson, outcomesJson) => {
+  const outcomes = JSON.parse(outcomesJson);
+  const answered = outcomes.filter((outcome) => outcome.error === null).length;
   const ok = answered === outcomes.length;
   const body = JSON.stringify({ ok, answered, pods: outcomes.length });
   return {

@@ -2,7 +2,8 @@
 // demand, what a JavaScript plugin author may do: print, return an error,
 // throw, filter, transform, aggregate, keep state between broadcasts.
 // Its verdict's body counts its transform calls (`transform_calls`) and
-// the targets they had (`transformed`), since the instance started.
+// the targets they had (`transformed`), since the instance started,
+// and the pods' answers (`bodies`), in order.
 //
 // Config (all optional):
 //   say          text written with console.log in init and every hook
@@ -50,7 +51,10 @@ export const init = hook("init", (text) => {
   act("init");
 });
 
-export const selectTargets = hook("select-targets", (head, targets) => {
+// The plugin-json world: the hooks' records come as JSON text.
+export const selectTargets = hook("select-targets", (headJson, targetsJson) => {
+  const head = JSON.parse(headJson);
+  const targets = JSON.parse(targetsJson);
   broadcasts += 1;
   act("select-targets", head);
   log("debug", "selecting", [["targets", String(targets.length)]]);
@@ -64,10 +68,12 @@ export const selectTargets = hook("select-targets", (head, targets) => {
   return kept;
 });
 
-export const transform = hook("transform", (request, targets) => {
+export const transform = hook("transform", (headJson, body, targetsJson) => {
+  const head = JSON.parse(headJson);
+  const targets = JSON.parse(targetsJson);
   transformCalls += 1;
   transformed += targets.length;
-  act("transform", request.head);
+  act("transform", head);
   return targets.map((target) => ({
     setHeaders: [{ name: "x-probe", value: `javascript ${target.address}` }],
     removeHeaders: [],
@@ -76,9 +82,11 @@ export const transform = hook("transform", (request, targets) => {
   }));
 });
 
-export const aggregate = hook("aggregate", (head, outcomes) => {
+export const aggregate = hook("aggregate", (headJson, outcomesJson) => {
+  const head = JSON.parse(headJson);
+  const outcomes = JSON.parse(outcomesJson);
   act("aggregate", head);
-  const answered = outcomes.filter((outcome) => outcome.error === undefined).length;
+  const answered = outcomes.filter((outcome) => outcome.error === null).length;
   const body = JSON.stringify({
     probe: "javascript",
     answered,
@@ -86,6 +94,7 @@ export const aggregate = hook("aggregate", (head, outcomes) => {
     broadcasts,
     transform_calls: transformCalls,
     transformed,
+    bodies: outcomes.map((outcome) => outcome.body),
   });
   return {
     ok: answered === outcomes.length,

@@ -2,7 +2,8 @@
 demand, what a Python plugin author may do: print, return an error,
 raise, filter, transform, aggregate, keep state between broadcasts.
 Its verdict's body counts its `transform` calls (`transform_calls`) and
-the targets they had (`transformed`), since the instance started.
+the targets they had (`transformed`), since the instance started,
+and the pods' answers (`bodies`), in order.
 
 Config (all optional):
   say        text printed in init and every hook
@@ -82,6 +83,7 @@ class WitWorld(wit_world.WitWorld):
             "broadcasts": broadcasts,
             "transform_calls": transform_calls,
             "transformed": transformed,
+            "bodies": [outcome.body.decode() for outcome in outcomes],
         }
         return types.Verdict(
             ok=answered == len(outcomes),

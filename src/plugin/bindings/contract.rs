@@ -8,7 +8,9 @@
 //! refused with that version's name rather than with a missing import.
 //! [`PluginPre`] and [`Plugin`] hold either version's generated bindings
 //! and call a hook of either alike; the only hook whose shape changed is
-//! `transform` (0.1.0: one pod per call; 0.2.0: many).
+//! `transform` (0.1.0: one pod per call; 0.2.0: many). A 0.2.0 component
+//! exports one of two worlds: `plugin`, or `plugin-json`, which takes the
+//! same inputs as JSON text ([`super::json`] writes it).
 
 use std::fmt;
 
@@ -16,7 +18,7 @@ use wasmtime::component::{Component, HasSelf, InstancePre, Linker};
 use wasmtime::{AsContextMut, Engine};
 
 use super::v0_2::broadcast::plugin::{log, types};
-use super::{Hooks, RequestPatch, Verdict, v0_1, v0_2};
+use super::{Hooks, RequestPatch, Verdict, json, v0_1, v0_2, v0_2_json};
 
 /// The package every version of the contract belongs to.
 const PACKAGE: &str = "broadcast:plugin";
@@ -136,15 +138,34 @@ pub enum PluginPre<T: 'static> {
     V0_1(v0_1::PluginPre<T>),
     /// Built for 0.2.0.
     V0_2(v0_2::PluginPre<T>),
+    /// Built for 0.2.0's `plugin-json` world.
+    V0_2Json(v0_2_json::PluginJsonPre<T>),
 }
 
 impl<T: 'static> PluginPre<T> {
-    /// Checks that `instance_pre` exports the world of `contract`.
+    /// Checks that `instance_pre` exports the world of `contract` (for
+    /// 0.2.0, `plugin` or `plugin-json`).
     pub fn new(contract: Contract, instance_pre: InstancePre<T>) -> wasmtime::Result<Self> {
         Ok(match contract {
             Contract::V0_1 => PluginPre::V0_1(v0_1::PluginPre::new(instance_pre)?),
-            Contract::V0_2 => PluginPre::V0_2(v0_2::PluginPre::new(instance_pre)?),
+            Contract::V0_2 => match v0_2::PluginPre::new(instance_pre.clone()) {
+                Ok(pre) => PluginPre::V0_2(pre),
+                Err(error) => match v0_2_json::PluginJsonPre::new(instance_pre) {
+                    Ok(pre) => PluginPre::V0_2Json(pre),
+                    // The `plugin` world's complaint: the one most
+                    // plugins are built for.
+                    Err(_) => return Err(error),
+                },
+            },
         })
+    }
+
+    /// The name of the world the component exports.
+    pub fn world(&self) -> &'static str {
+        match self {
+            PluginPre::V0_1(_) | PluginPre::V0_2(_) => "plugin",
+            PluginPre::V0_2Json(_) => "plugin-json",
+        }
     }
 
     /// A new instance in `store`.
@@ -152,6 +173,7 @@ impl<T: 'static> PluginPre<T> {
         Ok(match self {
             PluginPre::V0_1(pre) => Plugin::V0_1(pre.instantiate_prechecked(store)?),
             PluginPre::V0_2(pre) => Plugin::V0_2(pre.instantiate_prechecked(store)?),
+            PluginPre::V0_2Json(pre) => Plugin::V0_2Json(pre.instantiate_prechecked(store)?),
         })
     }
 }
@@ -162,6 +184,8 @@ pub enum Plugin {
     V0_1(v0_1::Plugin),
     /// Built for 0.2.0.
     V0_2(v0_2::Plugin),
+    /// Built for 0.2.0's `plugin-json` world.
+    V0_2Json(v0_2_json::PluginJson),
 }
 
 impl Plugin {
@@ -169,7 +193,7 @@ impl Plugin {
     pub fn contract(&self) -> Contract {
         match self {
             Plugin::V0_1(_) => Contract::V0_1,
-            Plugin::V0_2(_) => Contract::V0_2,
+            Plugin::V0_2(_) | Plugin::V0_2Json(_) => Contract::V0_2,
         }
     }
 
@@ -181,6 +205,7 @@ impl Plugin {
         match self {
             Plugin::V0_1(plugin) => plugin.call_hooks(store),
             Plugin::V0_2(plugin) => plugin.call_hooks(store),
+            Plugin::V0_2Json(plugin) => plugin.call_hooks(store),
         }
     }
 
@@ -196,6 +221,7 @@ impl Plugin {
         match self {
             Plugin::V0_1(plugin) => plugin.call_init(store, config),
             Plugin::V0_2(plugin) => plugin.call_init(store, config),
+            Plugin::V0_2Json(plugin) => plugin.call_init(store, config),
         }
     }
 
@@ -212,6 +238,9 @@ impl Plugin {
         match self {
             Plugin::V0_1(plugin) => plugin.call_select_targets(store, head, targets),
             Plugin::V0_2(plugin) => plugin.call_select_targets(store, head, targets),
+            Plugin::V0_2Json(plugin) => {
+                plugin.call_select_targets(store, &json::head(&head), &json::targets(targets))
+            }
         }
     }
 
@@ -230,6 +259,12 @@ impl Plugin {
     {
         match self {
             Plugin::V0_2(plugin) => plugin.call_transform(store, request, targets),
+            Plugin::V0_2Json(plugin) => plugin.call_transform(
+                store,
+                &json::head(&request.head),
+                request.body,
+                &json::targets(targets),
+            ),
             Plugin::V0_1(plugin) => match targets {
                 [target] => Ok(plugin
                     .call_transform(store, request, target.clone())?
@@ -255,6 +290,9 @@ impl Plugin {
         match self {
             Plugin::V0_1(plugin) => plugin.call_aggregate(store, head, outcomes),
             Plugin::V0_2(plugin) => plugin.call_aggregate(store, head, outcomes),
+            Plugin::V0_2Json(plugin) => {
+                plugin.call_aggregate(store, &json::head(&head), &json::outcomes(outcomes))
+            }
         }
     }
 }

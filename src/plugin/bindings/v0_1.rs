@@ -21,4 +21,4 @@ wasmtime::component::bindgen!({
         "broadcast:plugin/log@0.1.0": crate::plugin::bindings::v0_2::broadcast::plugin::log,
     },
 });
-super::instantiate_prechecked!();
+super::instantiate_prechecked!(PluginPre, Plugin);

@@ -16,4 +16,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-super::instantiate_prechecked!();
+super::instantiate_prechecked!(PluginPre, Plugin);
