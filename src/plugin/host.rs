@@ -148,8 +148,12 @@ impl PluginHost {
             )
         })?;
         let pre = PluginPre::new(contract, instance_pre).map_err(|error| {
+            let worlds = match contract {
+                Contract::V0_1 => "the `plugin` world",
+                Contract::V0_2 => "the `plugin` or the `plugin-json` world",
+            };
             format!(
-                "{} does not export the `plugin` world of {contract} (or, for 0.2.0, `plugin-json`): {error:#}",
+                "{} does not export {worlds} of {contract}: {error:#}",
                 config.path.display()
             )
         })?;

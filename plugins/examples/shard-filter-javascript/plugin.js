@@ -111,7 +111,7 @@ export const selectTargets = hook((headJson, targetsJson) => {
     const kept = scored.filter(({ score }) => score < settings.sampleBasisPoints);
     if (kept.length > 0) return Uint32Array.from(kept, ({ position }) => position);
     scored.sort((a, b) => (a.score === b.score ? a.position - b.position : a.score < b.score ? -1 : 1));
-    return [scored[0].position];
+    return Uint32Array.of(scored[0].position);
   }
   // One copy into the router (an array is copied element by element).
   return Uint32Array.from(chosen, ({ position }) => position);

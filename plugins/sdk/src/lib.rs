@@ -115,8 +115,8 @@ pub trait Plugin: Sized + 'static {
     }
 
     /// Changes the pods' copies of the request: returns one patch per
-    /// element of `targets`, in the same order (another count fails the
-    /// broadcast as invalid output). The default asks
+    /// element of `targets`, in the same order, or one patch for all of
+    /// them (another count fails the broadcast as invalid output). The default asks
     /// [`transform_target`](Plugin::transform_target) for each target.
     ///
     /// Every pod of `targets` gets `request` as it is: the router makes one

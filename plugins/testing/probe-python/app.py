@@ -83,7 +83,7 @@ class WitWorld(wit_world.WitWorld):
             "broadcasts": broadcasts,
             "transform_calls": transform_calls,
             "transformed": transformed,
-            "bodies": [outcome.body.decode() for outcome in outcomes],
+            "bodies": [outcome.body.decode(errors="replace") for outcome in outcomes],
         }
         return types.Verdict(
             ok=answered == len(outcomes),

@@ -152,9 +152,11 @@ impl<T: 'static> PluginPre<T> {
                 Ok(pre) => PluginPre::V0_2(pre),
                 Err(error) => match v0_2_json::PluginJsonPre::new(instance_pre) {
                     Ok(pre) => PluginPre::V0_2Json(pre),
-                    // The `plugin` world's complaint: the one most
-                    // plugins are built for.
-                    Err(_) => return Err(error),
+                    Err(json_error) => {
+                        return Err(wasmtime::format_err!(
+                            "as `plugin`: {error:#}; as `plugin-json`: {json_error:#}"
+                        ));
+                    }
                 },
             },
         })

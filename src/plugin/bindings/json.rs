@@ -115,7 +115,7 @@ struct OutcomeJson<'a> {
 
 impl<'a> From<&'a Outcome<'a>> for OutcomeJson<'a> {
     fn from(outcome: &'a Outcome<'a>) -> Self {
-        let text = std::str::from_utf8(outcome.body).ok();
+        let text = text(outcome.body, outcome.body_truncated);
         OutcomeJson {
             target: TargetJson::from(&outcome.target),
             status: outcome.status,
@@ -134,6 +134,18 @@ impl<'a> From<&'a Outcome<'a>> for OutcomeJson<'a> {
             attempts: outcome.attempts,
             latency_ms: outcome.latency_ms,
         }
+    }
+}
+
+/// `body` as text if it is UTF-8, or if it is a truncated body whose only
+/// flaw is a character cut at the end (then without that character).
+fn text(body: &[u8], truncated: bool) -> Option<&str> {
+    match std::str::from_utf8(body) {
+        Ok(text) => Some(text),
+        Err(error) if truncated && error.error_len().is_none() => {
+            std::str::from_utf8(&body[..error.valid_up_to()]).ok()
+        }
+        Err(_) => None,
     }
 }
 
@@ -194,5 +206,8 @@ mod tests {
         assert!(
             super::outcomes(&binary).contains(r#""body":null,"bodyBytes":[255,0],"bodyTruncated""#)
         );
+        // A truncated body cut inside a character is still text.
+        assert_eq!(super::text("né".as_bytes()[..2].as_ref(), true), Some("n"));
+        assert_eq!(super::text("né".as_bytes()[..2].as_ref(), false), None);
     }
 }
