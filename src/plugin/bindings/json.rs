@@ -5,7 +5,7 @@
 //! numbers (`bodyBytes`); the request's body stays bytes, outside the JSON.
 
 use serde::Serialize;
-use serde::ser::{SerializeSeq, Serializer};
+use serde::Serializer;
 
 use super::ErrorKind;
 use super::generated::broadcast::plugin::types::HeaderParam;
@@ -63,14 +63,10 @@ impl Serialize for Headers<'_> {
             name: &'a str,
             value: &'a str,
         }
-        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
-        for header in self.0 {
-            seq.serialize_element(&Header {
-                name: header.name,
-                value: header.value,
-            })?;
-        }
-        seq.end()
+        serializer.collect_seq(self.0.iter().map(|header| Header {
+            name: header.name,
+            value: header.value,
+        }))
     }
 }
 
