@@ -182,6 +182,11 @@ async fn listing_is_newest_first_and_filtered(subject: Subject) {
         ..Filter::default()
     };
     assert_eq!(ids(store.list(&one).await.unwrap()), ["l2"]);
+    let two = Filter {
+        limit: 2,
+        ..Filter::default()
+    };
+    assert_eq!(ids(store.list(&two).await.unwrap()), ["l2", "l1"]);
 }
 
 async fn finished_jobs_are_forgotten_after_retention(subject: Subject) {

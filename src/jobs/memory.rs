@@ -4,7 +4,7 @@
 //! refuses broadcasts for the status API's sake.
 
 use std::borrow::Cow;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,12 +19,17 @@ pub struct MemoryStore {
     limit: u64,
 }
 
-/// The jobs, how many of them are unfinished, their total size, and the
+/// The jobs, the ids of the unfinished ones, their total size, and the
 /// finished ones in the order they expire and are forgotten in.
+///
+/// Both indexes keep every periodic pass short: a store at its limit holds
+/// a few hundred thousand finished jobs, and a pass over all of them under
+/// the lock (every second, to claim) stalled every broadcast for
+/// milliseconds.
 #[derive(Default)]
 struct Map {
     jobs: HashMap<String, (Job, u64)>,
-    pending: usize,
+    unfinished: HashSet<String>,
     size: u64,
     finished: BTreeSet<(u64, String)>,
 }
@@ -49,7 +54,7 @@ impl Map {
         if let Some(finished) = finished {
             self.finished.insert((finished, id));
         } else {
-            self.pending += 1;
+            self.unfinished.insert(id);
         }
         while self.size > limit && !self.finished.is_empty() {
             self.remove_oldest();
@@ -57,11 +62,11 @@ impl Map {
     }
 
     /// Takes `job`, just replaced or removed (and out of `finished`),
-    /// out of the size and the unfinished count.
+    /// out of the size and the unfinished ids.
     fn forget(&mut self, job: &Job, size: u64) {
         self.size -= size;
         if finished_at(job).is_none() {
-            self.pending -= 1;
+            self.unfinished.remove(&job.id);
         }
     }
 
@@ -130,7 +135,7 @@ impl JobStore for MemoryStore {
             .jobs
             .get(&job.id)
             .is_some_and(|(stored, _)| stored.state != JobState::Done);
-        let result = if !replaces_pending && map.pending >= max_pending {
+        let result = if !replaces_pending && map.unfinished.len() >= max_pending {
             Err(StoreError::TooManyPending { limit: max_pending })
         } else {
             map.put(job.clone(), self.limit);
@@ -165,28 +170,36 @@ impl JobStore for MemoryStore {
 
     fn list<'a>(&'a self, filter: &'a Filter) -> BoxFuture<'a, Result<Vec<Job>, StoreError>> {
         let map = self.jobs.lock().expect("job map lock");
-        let mut found: Vec<Job> = map
+        let mut found: Vec<&Job> = map
             .jobs
             .values()
             .map(|(job, _)| job)
             .filter(|job| filter.matches(job))
-            .cloned()
             .collect();
-        drop(map);
-        found.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
-        found.truncate(filter.limit);
+        // Only the jobs listed are copied: a full store holds far more.
+        let newest_first =
+            |a: &&Job, b: &&Job| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id));
+        if found.len() > filter.limit {
+            found.select_nth_unstable_by(filter.limit, newest_first);
+            found.truncate(filter.limit);
+        }
+        found.sort_unstable_by(newest_first);
+        let found: Vec<Job> = found.into_iter().cloned().collect();
         futures_util::future::ready(Ok(found)).boxed()
     }
 
     fn claim<'a>(&'a self, owner: &'a str) -> BoxFuture<'a, Result<Vec<Job>, StoreError>> {
-        let mut map = self.jobs.lock().expect("job map lock");
+        let mut guard = self.jobs.lock().expect("job map lock");
+        let map = &mut *guard;
         let claimed = map
-            .jobs
-            .values_mut()
-            .filter(|(job, _)| job.state != JobState::Done && job.owner != owner)
-            .map(|(job, _)| {
-                job.owner = owner.to_owned();
-                job.clone()
+            .unfinished
+            .iter()
+            .filter_map(|id| {
+                let (job, _) = map.jobs.get_mut(id)?;
+                (job.owner != owner).then(|| {
+                    job.owner = owner.to_owned();
+                    job.clone()
+                })
             })
             .collect();
         futures_util::future::ready(Ok(claimed)).boxed()
