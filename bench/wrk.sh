@@ -5,14 +5,18 @@
 #
 # Usage: bash bench/wrk.sh [--pods "3 10"] [--duration 10s] [--realtime] ROUTER...
 #
-# For each pod count P it starts P nginx pods (one nginx, one worker,
-# listening on 127.0.20.1…P:18080, answering {"ok":true}), then measures,
-# each with 1 connection (unloaded latency) and with 32 (throughput):
-# - one pod directly (what a pod takes: P pods take at most that ÷ P
-#   broadcasts a second, the loopback limit);
+# For each pod count P (1 to 250) it starts P nginx pods (one nginx, one
+# worker, listening on 127.0.20.1…P:18080, answering {"ok":true}), then
+# measures:
+# - one pod directly, with 32 connections (what a pod takes: P pods take
+#   at most that ÷ P broadcasts a second, the loopback limit);
+# - with 32 connections (throughput) and then with 1 (unloaded latency):
 # - nginx mirroring (2 workers, keep-alive upstreams; the main request to
-#   pod 1, a `mirror` subrequest to each other pod), a stock C proxy doing
-#   the same fan-out;
+#   pod 1, a `mirror` subrequest to each other pod), a stock C proxy
+#   sending the same copies. It answers with pod 1's answer as soon as
+#   that arrives, without waiting for the mirrors' (it still holds the
+#   client's connection until they finish), where the router's `all`
+#   waits for every pod and writes a report;
 # - every ROUTER binary given (`serve` on a static route over the P pods,
 #   policy `all`, info logs as JSON to a file), with its CPU time per
 #   broadcast from /proc.
@@ -21,7 +25,7 @@
 # missing. Results: a markdown table on stdout and in
 # bench/results/wrk-<time>.md.
 set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export LC_ALL=C
 
 pods_list="3 10"
 duration=10s
@@ -30,16 +34,25 @@ routers=()
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --pods) pods_list="$2"; shift 2 ;;
-        --duration) duration="$2"; shift 2 ;;
+        --duration) duration="${2%s}s"; shift 2 ;;
         --realtime) rt=(chrt -r 10); shift ;;
         -*) echo "unknown option $1" >&2; exit 2 ;;
         *) routers+=("$(realpath "$1")"); shift ;;
     esac
 done
 [[ ${#routers[@]} -gt 0 ]] || { echo "usage: bash bench/wrk.sh [--pods \"3 10\"] [--duration 10s] [--realtime] ROUTER..." >&2; exit 2; }
+[[ "$duration" =~ ^[1-9][0-9]*s$ ]] || { echo "--duration takes whole seconds, e.g. 10s" >&2; exit 2; }
+for pods in $pods_list; do
+    [[ "$pods" =~ ^[0-9]+$ && "$pods" -ge 1 && "$pods" -le 250 ]] \
+        || { echo "--pods takes counts from 1 to 250, separated by spaces" >&2; exit 2; }
+done
+# Router paths are resolved above, from where the script was started.
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 missing=()
 command -v wrk >/dev/null || missing+=(wrk)
+command -v curl >/dev/null || missing+=(curl)
+command -v pgrep >/dev/null || missing+=(procps)
 [[ -x /usr/sbin/nginx ]] || missing+=(nginx)
 if [[ ${#missing[@]} -gt 0 ]]; then
     sudo=()
@@ -49,7 +62,6 @@ if [[ ${#missing[@]} -gt 0 ]]; then
 fi
 
 work=$(mktemp -d)
-nginx_pids=()
 router_pid=
 cleanup() {
     [[ -n "$router_pid" ]] && kill "$router_pid" 2>/dev/null || true
@@ -78,6 +90,11 @@ error_log $work/$1.err;
 events { worker_connections 8192; }
 http {
   access_log off;
+  client_body_temp_path $work/$1-body;
+  proxy_temp_path $work/$1-proxy;
+  fastcgi_temp_path $work/$1-fastcgi;
+  uwsgi_temp_path $work/$1-uwsgi;
+  scgi_temp_path $work/$1-scgi;
   keepalive_requests 100000000;
   $3
 }
@@ -105,13 +122,15 @@ measure() {
     awk '/Requests\/sec/{r=$2} /^ +50%/{p50=$2} /^ +99%/{p99=$2} END{print r, p50, p99}' <<<"$out"
 }
 
+commit=$(git rev-parse --short=10 HEAD)
+[[ -z "$(git status --porcelain)" ]] || commit+="+dirty"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
 out="bench/results/wrk-$stamp.md"
 clk=$(getconf CLK_TCK)
 {
     echo "# Router against nginx mirroring, wrk over nginx pods"
     echo
-    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit \`$(git rev-parse --short=10 HEAD)\`, $(nproc) cores shared by wrk, the pods and the proxy; wrk -t1, $duration per phase${rt:+; wrk, nginx and the routers under SCHED_RR}."
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ), commit \`$commit\`, $(nproc) cores shared by wrk, the pods and the proxy; wrk -t1, $duration per phase${rt:+; wrk, nginx and the routers under SCHED_RR}."
     echo
     echo '```sh'
     echo "bash bench/wrk.sh --pods \"$pods_list\" --duration $duration ${rt:+--realtime }${routers[*]}"
@@ -120,6 +139,18 @@ clk=$(getconf CLK_TCK)
     echo "| pods | proxy | broadcasts/s (32 conn.) | share of the loopback limit | p50 / p99 (32 conn.) | p50 / p99 (1 conn.) | proxy CPU µs per broadcast |"
     echo "|---:|---|---:|---:|---|---|---:|"
 } | tee "$out"
+
+row() { # name url pid: one table row (uses $pods, $direct)
+    local before after r p50 p99 r1 p501 p991
+    before=$(ticks "$3")
+    read -r r p50 p99 < <(measure 32 "$duration" "$2")
+    after=$(ticks "$3")
+    read -r r1 p501 p991 < <(measure 1 "$duration" "$2")
+    awk -v p="$pods" -v n="$1" -v r="$r" -v d="$direct" -v a="$p50" -v b="$p99" -v c="$p501" -v e="$p991" \
+        -v t="$((after - before))" -v clk="$clk" -v dur="${duration%s}" \
+        'BEGIN { printf "| %d | %s | %.0f | %.0f%% | %s / %s | %s / %s | %.0f |\n", p, n, r, 100*r*p/d, a, b, c, e, 1e6*t/clk/(r*dur) }' \
+        | tee -a "$out"
+}
 
 for pods in $pods_list; do
     listens=""
@@ -138,17 +169,6 @@ for pods in $pods_list; do
     sleep 0.5
 
     read -r direct direct_p50 direct_p99 < <(measure 32 "$duration" "http://$(pod_addr 1)/bench")
-    row() { # name url pid
-        local before after r p50 p99 r1 p501 p991
-        before=$(ticks "$3")
-        read -r r p50 p99 < <(measure 32 "$duration" "$2")
-        after=$(ticks "$3")
-        read -r r1 p501 p991 < <(measure 1 "$duration" "$2")
-        awk -v p="$pods" -v n="$1" -v r="$r" -v d="$direct" -v a="$p50" -v b="$p99" -v c="$p501" -v e="$p991" \
-            -v t="$((after - before))" -v clk="$clk" -v dur="${duration%s}" \
-            'BEGIN { printf "| %d | %s | %.0f | %.0f%% | %s / %s | %s / %s | %.0f |\n", p, n, r, 100*r*p/d, a, b, c, e, 1e6*t/clk/(r*dur) }' \
-            | tee -a "$out"
-    }
     printf '| %d | one pod directly | %.0f requests/s | | %s / %s | | |\n' "$pods" "$direct" "$direct_p50" "$direct_p99" | tee -a "$out"
     row "nginx mirroring" "http://127.0.0.1:18081/bench" "$(cat "$work/mirror$pods.pid")"
     stop_nginx "$work/mirror$pods.conf"
@@ -167,10 +187,17 @@ targets = [$(for i in $(seq 1 "$pods"); do printf '"%s", ' "$(pod_addr "$i")"; d
 EOF
         "${rt[@]}" "$router" --log-format json serve --config "$work/router.toml" 2>"$work/router.log" &
         router_pid=$!
+        ready=
         for _ in $(seq 1 50); do
-            curl -sf -o /dev/null -X POST http://127.0.0.1:18082/bench && break
+            curl -sf -o /dev/null -X POST http://127.0.0.1:18082/bench && { ready=1; break; }
+            kill -0 "$router_pid" 2>/dev/null || break
             sleep 0.1
         done
+        if [[ -z "$ready" ]]; then
+            echo "$router did not answer a broadcast within 5 s; its log:" >&2
+            cat "$work/router.log" >&2
+            exit 1
+        fi
         row "\`$router\`" "http://127.0.0.1:18082/bench" "$router_pid"
         kill "$router_pid"
         wait "$router_pid" || true

@@ -265,21 +265,26 @@ fn load(arg: &ConfigArg) -> anyhow::Result<Config> {
 /// when they change or on SIGHUP.
 async fn serve_file(path: &Path) -> anyhow::Result<()> {
     let snapshot = Snapshot::read(path)?;
+    let stop = shutdown_signal();
     let running = server::start_with(&snapshot.config, snapshot.origin.clone()).await?;
     let reloader = Reloader::new(Arc::clone(running.state()), path.to_owned(), &snapshot);
     let watching = reload::watch(Arc::new(reloader), true);
-    drain_on_signal(running).await?;
+    drain_on_signal(running, stop).await?;
     watching.abort();
     Ok(())
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
-    drain_on_signal(server::start(config).await?).await
+    let stop = shutdown_signal();
+    drain_on_signal(server::start(config).await?, stop).await
 }
 
-/// Waits for SIGTERM or ctrl-c, then drains the router.
-async fn drain_on_signal(running: server::Running) -> anyhow::Result<()> {
-    shutdown_signal().await;
+/// Waits for `stop` (SIGTERM or ctrl-c), then drains the router.
+async fn drain_on_signal(
+    running: server::Running,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    stop.await;
     let durable = running.state().jobs().is_durable();
     let unfinished = running.shutdown().await;
     if !unfinished.is_empty() {
@@ -390,17 +395,27 @@ fn parse_window_age(text: &str) -> Result<Duration, String> {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
+/// Resolves at SIGTERM or ctrl-c. The handlers are installed when this is
+/// called, not when the future is first polled: a command that says it is
+/// listening has already taken over SIGTERM, so a stop sent right after
+/// that line is a graceful one.
+#[cfg(unix)]
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+    async move {
         tokio::select! {
-            _ = ctrl_c => {},
+            _ = interrupt.recv() => {},
             _ = term.recv() => {},
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+/// Resolves at ctrl-c.
+#[cfg(not(unix))]
+fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

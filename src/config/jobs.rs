@@ -24,9 +24,9 @@ pub struct JobsConfig {
     /// Most accepted but unfinished jobs in the store (every router
     /// sharing it counted); a broadcast beyond it gets 429.
     pub max_pending: usize,
-    /// Largest size of the store (the file, Redis' used memory, or the
-    /// in-memory jobs); beyond it new broadcasts get 429 until finished
-    /// jobs expire.
+    /// Largest size of the store (the file, or Redis' used memory); beyond
+    /// it new broadcasts get 429 until finished jobs expire. (Without
+    /// `[jobs]`, jobs are kept in memory within 64 MiB.)
     pub max_bytes: ByteSize,
     /// Redis only: how long a router's claim on its unfinished jobs lasts
     /// without renewal. A surviving router takes over a dead one's jobs

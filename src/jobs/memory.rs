@@ -22,10 +22,10 @@ pub struct MemoryStore {
 /// The jobs, the ids of the unfinished ones, their total size, and the
 /// finished ones in the order they expire and are forgotten in.
 ///
-/// Both indexes keep every periodic pass short: a store at its limit holds
-/// a few hundred thousand finished jobs, and a pass over all of them under
-/// the lock (every second, to claim) stalled every broadcast for
-/// milliseconds.
+/// Both indexes keep the periodic passes short: a store at its limit holds
+/// about 100,000 jobs of a small broadcast, and the claim of every second
+/// walked all of them under the lock every broadcast writes through; it
+/// now walks the unfinished ones.
 #[derive(Default)]
 struct Map {
     jobs: HashMap<String, (Job, u64)>,
@@ -35,7 +35,7 @@ struct Map {
 }
 
 impl Map {
-    /// Stores `job`, keeping the counts, and forgets the oldest finished
+    /// Stores `job`, keeping the indexes and the size, and forgets the oldest finished
     /// jobs while the store is over `limit`: a few per write, rather than
     /// a second's worth at once in [`MemoryStore::sweep`] (which would
     /// hold the lock for milliseconds under load).
