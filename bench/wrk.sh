@@ -125,7 +125,9 @@ measure() {
 commit=$(git rev-parse --short=10 HEAD)
 [[ -z "$(git status --porcelain)" ]] || commit+="+dirty"
 stamp=$(date -u +%Y%m%dT%H%M%SZ)
-out="bench/results/wrk-$stamp.md"
+# Written to the results folder only once every phase ran.
+result="bench/results/wrk-$stamp.md"
+out="$work/result.md"
 clk=$(getconf CLK_TCK)
 {
     echo "# Router against nginx mirroring, wrk over nginx pods"
@@ -206,5 +208,6 @@ EOF
     stop_nginx "$work/pods$pods.conf"
     sleep 0.5
 done
+cp "$out" "$result"
 echo
-echo "wrote $out"
+echo "wrote $result"
