@@ -105,12 +105,19 @@ async fn pods_are_found_through_the_api_and_named_in_reports() {
             && !r.contains("watch=")),
         "one list of the Service's slices: {requests:?}"
     );
-    assert!(
-        requests.iter().any(|r| r.contains("watch=true")
-            && r.contains("allowWatchBookmarks=true")
-            && r.contains(selector)),
-        "then a watch with bookmarks: {requests:?}"
-    );
+    // The watch follows the list the broadcast already used: it may reach
+    // the server a moment after the answer.
+    eventually("a watch with bookmarks follows", || async {
+        api.requests()
+            .iter()
+            .any(|r| {
+                r.contains("watch=true")
+                    && r.contains("allowWatchBookmarks=true")
+                    && r.contains(selector)
+            })
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
