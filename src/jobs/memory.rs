@@ -38,10 +38,11 @@ struct Map {
 }
 
 impl Map {
-    /// Stores `job`, keeping the indexes and the size, and forgets the oldest finished
-    /// jobs while the store is over `limit`: a few per write, rather than
-    /// a second's worth at once in [`MemoryStore::sweep`] (which would
-    /// hold the lock for milliseconds under load).
+    /// Stores `job`, keeping the indexes and the size, and forgets the
+    /// oldest finished jobs while the store is over `limit`: a few per
+    /// write, rather than a second's worth at once in
+    /// [`MemoryStore::sweep`] (which would hold the lock for milliseconds
+    /// under load).
     fn put(&mut self, job: Job, limit: u64) {
         // An estimate: no write of a broadcast encodes the whole job.
         let size = job.estimated_size();
@@ -134,10 +135,7 @@ impl JobStore for MemoryStore {
         max_pending: usize,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         let mut map = self.jobs.lock().expect("job map lock");
-        let replaces_pending = map
-            .jobs
-            .get(&job.id)
-            .is_some_and(|(stored, _)| stored.state != JobState::Done);
+        let replaces_pending = map.unfinished.contains(&job.id);
         let result = if !replaces_pending && map.unfinished.len() >= max_pending {
             Err(StoreError::TooManyPending { limit: max_pending })
         } else {

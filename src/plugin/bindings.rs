@@ -251,6 +251,21 @@ pub(crate) fn outcome<'a>(
     }
 }
 
+/// The contract's error kind back as the router's (the reverse of
+/// [`outcome`]'s), whose [`DeliveryErrorKind::as_str`] names it.
+impl From<ErrorKind> for DeliveryErrorKind {
+    fn from(kind: ErrorKind) -> Self {
+        match kind {
+            ErrorKind::Connect => DeliveryErrorKind::Connect,
+            ErrorKind::Timeout => DeliveryErrorKind::Timeout,
+            ErrorKind::Status => DeliveryErrorKind::Status,
+            ErrorKind::Reset => DeliveryErrorKind::Reset,
+            ErrorKind::Deadline => DeliveryErrorKind::Deadline,
+            ErrorKind::Protocol => DeliveryErrorKind::Protocol,
+        }
+    }
+}
+
 /// Output of a plugin the router cannot use, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]

@@ -11,10 +11,11 @@
 //! A busy router logs a line per broadcast. Woken for each line, the writer
 //! thread cost a futex wake-up on the logging worker, a context switch and
 //! a `write` per line: of the 15% of throughput at 3 pods that logging the
-//! line at `info` cost, about 11%. So once lines keep coming, the writer sleeps [`GATHER`] between batches
-//! instead of waiting on the channel, and loggers hand lines over without
-//! waking anyone; when a batch finds the queue empty, it waits on the
-//! channel again, so an idle router's writer sleeps until the next line.
+//! line at `info` cost, about 11%. So once lines keep coming, the writer
+//! sleeps [`GATHER`] between batches instead of waiting on the channel, and
+//! loggers hand lines over without waking anyone; when a batch finds the
+//! queue empty, it waits on the channel again, so an idle router's writer
+//! sleeps until the next line.
 
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -7,9 +7,9 @@
 use serde::Serialize;
 use serde::Serializer;
 
-use super::ErrorKind;
 use super::generated::broadcast::plugin::types::HeaderParam;
 use super::v0_2::{Outcome, RequestHead, Target};
+use crate::vocabulary::delivery::ErrorKind as DeliveryErrorKind;
 
 /// `head` as JSON.
 pub(crate) fn head(head: &RequestHead<'_>) -> String {
@@ -119,14 +119,10 @@ impl<'a> From<&'a Outcome<'a>> for OutcomeJson<'a> {
             body: text,
             body_bytes: text.is_none().then_some(outcome.body),
             body_truncated: outcome.body_truncated,
-            error: outcome.error.map(|kind| match kind {
-                ErrorKind::Connect => "connect",
-                ErrorKind::Timeout => "timeout",
-                ErrorKind::Status => "status",
-                ErrorKind::Reset => "reset",
-                ErrorKind::Deadline => "deadline",
-                ErrorKind::Protocol => "protocol",
-            }),
+            // The names of the router's reports.
+            error: outcome
+                .error
+                .map(|kind| DeliveryErrorKind::from(kind).as_str()),
             attempts: outcome.attempts,
             latency_ms: outcome.latency_ms,
         }
