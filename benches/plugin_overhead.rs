@@ -18,6 +18,12 @@
 //! first with `plugins/build.sh rust python javascript`, which needs the
 //! Python and JavaScript tools `bash scripts/test` installs).
 
+/// The router's own allocator (see `src/main.rs`), so that the plugin
+/// host is measured as the router runs it: the host and the bindings
+/// allocate for every call.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::process::Command;

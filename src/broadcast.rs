@@ -423,11 +423,15 @@ impl Broadcaster {
         // Counted before the answer (what a client sees is counted), the
         // log line written after it.
         endpoint.metrics.broadcast_finished(report.ok, elapsed);
-        if let Some(sender) = answer
-            && sender.send(verdict).is_err()
-            && route.mode == Mode::Sync
-        {
-            tracing::info!("The client left before the answer; the broadcast completed anyway.");
+        if let Some(sender) = answer {
+            if sender.send(verdict).is_err() && route.mode == Mode::Sync {
+                tracing::info!(
+                    "The client left before the answer; the broadcast completed anyway."
+                );
+            }
+            // Let the waiting handler write the answer before this task
+            // logs and records it: on this worker, the handler runs next.
+            tokio::task::yield_now().await;
         }
         tracing::info!(
             ok = report.ok,

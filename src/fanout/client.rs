@@ -13,11 +13,23 @@
 //! pod_idle_timeout`, which defaults below the keep-alive timeouts pods
 //! commonly use (Node.js 5 s, nginx 75 s), so the router usually closes
 //! first and the race above stays rare.
+//!
+//! A connection has no task of its own: the exchange that holds it drives
+//! it while it waits for its answer, and a connection taken from the pool
+//! is polled once first, which notices a pod's close while it was idle.
+//! So a delivery is one future in its broadcast's task, and a pod's answer
+//! wakes that task directly instead of a connection task that would then
+//! wake it (on a multi-threaded runtime every such hand-over may wake the
+//! other worker thread too: about 50 µs of an unloaded broadcast of 3
+//! pods, measured in `docs/performance.md`).
 
 use std::collections::HashMap;
+use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
+use std::pin::{Pin, pin};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -29,6 +41,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
 
 use crate::telemetry;
 use crate::tls::{ConnectError, PodTls};
@@ -88,11 +102,13 @@ impl PodClient {
             addr,
             tls: tls.map(PodTls::identity),
         };
-        let (mut sender, reused) = match self.pool.checkout(&key) {
-            Some(sender) => (sender, true),
+        let (mut connection, reused) = match self.pool.checkout(&key) {
+            Some(connection) => (connection, true),
             None => (connect(addr, tls).await?, false),
         };
-        let sent = send(&mut sender, request, uri, addr, tls.is_some()).await;
+        let sent = connection
+            .drive(|sender, host| send(sender, host, request, uri))
+            .await;
         let response = match sent {
             Ok(response) => response,
             Err(error) if reused && closed_before_answer(&error) => {
@@ -100,23 +116,77 @@ impl PodClient {
                 // never saw the request. Send it again on a new one.
                 telemetry::pod_request_resent();
                 tracing::debug!(%addr, %error, "Reused connection was closed by the pod; sending again on a new one.");
-                sender = connect(addr, tls).await?;
-                send(&mut sender, request, uri, addr, tls.is_some())
+                connection = connect(addr, tls).await?;
+                connection
+                    .drive(|sender, host| send(sender, host, request, uri))
                     .await
                     .map_err(|error| classify(&error))?
             }
             Err(error) => return Err(classify(&error)),
         };
         let (parts, body) = response.into_parts();
-        let (body, complete) = read_capped(body, limit).await;
+        let (body, complete) = connection.drive(|_, _| read_capped(body, limit)).await;
         if complete {
-            self.pool.checkin(key, sender);
+            self.pool.checkin(key, connection);
         }
         Ok(Answer {
             status: parts.status,
             headers: parts.headers,
             body,
         })
+    }
+}
+
+/// A pod's stream: plain TCP, or TLS over TCP.
+type PodStream = Either<TcpStream, TlsStream<TcpStream>>;
+
+/// One keep-alive connection to a pod: the handle requests are sent on,
+/// and the connection itself, which whoever holds it drives.
+struct Connection {
+    sender: SendRequest<Full<Bytes>>,
+    /// The `Host` its requests carry when the request has none.
+    host: HeaderValue,
+    /// `None` once it has ended (the pod closed it, or it failed): dropped
+    /// at once, which fails whatever still waited on it.
+    io: Option<http1::Connection<TokioIo<PodStream>, Full<Bytes>>>,
+}
+
+impl Connection {
+    /// Runs `work` on the sender while driving the connection (reading
+    /// and writing its socket) until `work` finishes. When the connection
+    /// ends first, hyper fails whatever `work` waits for, so `work` still
+    /// finishes, with that error.
+    async fn drive<'a, F: Future>(
+        &'a mut self,
+        work: impl FnOnce(&'a mut SendRequest<Full<Bytes>>, &'a HeaderValue) -> F,
+    ) -> F::Output {
+        let Connection { sender, host, io } = self;
+        let mut work = pin!(work(sender, host));
+        poll_fn(|cx| {
+            if let Poll::Ready(output) = work.as_mut().poll(cx) {
+                return Poll::Ready(output);
+            }
+            // Hand over what `work` queued, and read what arrived for it.
+            if let Some(connection) = io
+                && Pin::new(connection).poll(cx).is_ready()
+            {
+                *io = None;
+            }
+            work.as_mut().poll(cx)
+        })
+        .await
+    }
+
+    /// Polls the connection once, without waiting: an idle connection the
+    /// pod closed, or that failed, ends here. Whether it is still open.
+    fn still_open(&mut self) -> bool {
+        let mut context = std::task::Context::from_waker(std::task::Waker::noop());
+        if let Some(connection) = &mut self.io
+            && Pin::new(connection).poll(&mut context).is_ready()
+        {
+            self.io = None;
+        }
+        self.io.is_some() && !self.sender.is_closed()
     }
 }
 
@@ -135,7 +205,7 @@ struct Pool {
 }
 
 struct Idle {
-    sender: SendRequest<Full<Bytes>>,
+    connection: Connection,
     since: Instant,
 }
 
@@ -145,31 +215,31 @@ impl Pool {
     }
 
     /// The most recently used idle connection to `key` that is still
-    /// open, if any; expired ones are closed on the way.
-    fn checkout(&self, key: &Key) -> Option<SendRequest<Full<Bytes>>> {
+    /// open, if any; expired and closed ones are dropped on the way.
+    fn checkout(&self, key: &Key) -> Option<Connection> {
         let timeout = self.idle_timeout();
-        let mut idle = self.idle.lock().expect("pool lock");
-        let connections = idle.get_mut(key)?;
-        while let Some(connection) = connections.pop() {
-            if connection.since.elapsed() < timeout
-                && connection.sender.is_ready()
-                && !connection.sender.is_closed()
-            {
-                return Some(connection.sender);
+        loop {
+            let idle = {
+                let mut idle = self.idle.lock().expect("pool lock");
+                idle.get_mut(key)?.pop()?
+            };
+            let mut connection = idle.connection;
+            // Polled outside the lock: it may read the pod's close.
+            if idle.since.elapsed() < timeout && connection.still_open() {
+                return Some(connection);
             }
         }
-        None
     }
 
-    /// Puts a connection whose exchange finished back, unless it closed
+    /// Puts a connection whose exchange finished back, unless it ended
     /// or connections are not kept.
-    fn checkin(&self, key: Key, sender: SendRequest<Full<Bytes>>) {
-        if sender.is_closed() || self.idle_timeout().is_zero() {
+    fn checkin(&self, key: Key, mut connection: Connection) {
+        if !connection.still_open() || self.idle_timeout().is_zero() {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");
         idle.entry(key).or_default().push(Idle {
-            sender,
+            connection,
             since: Instant::now(),
         });
     }
@@ -179,9 +249,7 @@ impl Pool {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().expect("pool lock");
         idle.retain(|_, connections| {
-            connections.retain(|connection| {
-                connection.since.elapsed() < timeout && !connection.sender.is_closed()
-            });
+            connections.retain(|idle| idle.since.elapsed() < timeout);
             !connections.is_empty()
         });
     }
@@ -205,55 +273,41 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// A new connection to the pod at `addr` (over TLS with `tls`).
-async fn connect(
-    addr: SocketAddr,
-    tls: Option<&PodTls>,
-) -> Result<SendRequest<Full<Bytes>>, DeliveryError> {
+async fn connect(addr: SocketAddr, tls: Option<&PodTls>) -> Result<Connection, DeliveryError> {
     let connect_error = |detail: String| DeliveryError {
         kind: ErrorKind::Connect,
         detail,
     };
-    let handshake = match tls {
+    let stream = match tls {
         None => {
             let tcp = TcpStream::connect(addr)
                 .await
                 .map_err(|error| connect_error(error.to_string()))?;
             let _ = tcp.set_nodelay(true);
-            handshake(TokioIo::new(tcp)).await
+            Either::Left(tcp)
         }
-        Some(tls) => {
-            let stream = tls.connect(addr).await.map_err(|error| match error {
-                ConnectError::Tcp(error) => connect_error(error.to_string()),
-                handshake => connect_error(handshake.to_string()),
-            })?;
-            handshake(TokioIo::new(stream)).await
-        }
+        Some(tls) => Either::Right(tls.connect(addr).await.map_err(|error| match error {
+            ConnectError::Tcp(error) => connect_error(error.to_string()),
+            handshake => connect_error(handshake.to_string()),
+        })?),
     };
-    handshake.map_err(|error| classify(&error))
+    let (sender, io) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| classify(&error))?;
+    Ok(Connection {
+        sender,
+        host: host(addr, tls.is_some()),
+        io: Some(io),
+    })
 }
 
-/// The HTTP/1.1 handshake over `io`; the connection runs in its own task
-/// until either side closes it.
-async fn handshake<I>(io: I) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-{
-    let (sender, connection) = http1::handshake(io).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::trace!(%error, "Pod connection ended with an error.");
-        }
-    });
-    Ok(sender)
-}
-
-/// Sends one request on `sender` and waits for the answer's head.
+/// Sends one request on `sender` (with `host` unless the request has a
+/// `Host`) and waits for the answer's head.
 async fn send(
     sender: &mut SendRequest<Full<Bytes>>,
+    host: &HeaderValue,
     request: &PodRequest,
     uri: &Uri,
-    addr: SocketAddr,
-    https: bool,
 ) -> Result<hyper::Response<Incoming>, hyper::Error> {
     sender.ready().await?;
     let mut pod_request = Request::new(Full::new(request.body.clone()));
@@ -261,9 +315,7 @@ async fn send(
     *pod_request.uri_mut() = uri.clone();
     *pod_request.headers_mut() = request.headers.clone();
     if !pod_request.headers().contains_key(header::HOST) {
-        pod_request
-            .headers_mut()
-            .insert(header::HOST, host(addr, https));
+        pod_request.headers_mut().insert(header::HOST, host.clone());
     }
     sender.send_request(pod_request).await
 }
@@ -368,6 +420,66 @@ fn classify(error: &hyper::Error) -> DeliveryError {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A pod that answers one request per connection, then closes it.
+    async fn one_answer_per_connection() -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0; 1024];
+                    while !head.windows(4).any(|end| end == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(read) => head.extend_from_slice(&buffer[..read]),
+                        }
+                    }
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                    let _ = stream.write_all(answer).await;
+                });
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_pod_closed_while_idle_is_dropped_not_reused() {
+        let addr = one_answer_per_connection().await;
+        let client = PodClient::new(Duration::from_secs(30));
+        let request = PodRequest {
+            method: http::Method::GET,
+            path_and_query: "/".into(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+        };
+        let uri = Uri::from_static("/");
+        let answer = client
+            .exchange(addr, None, &request, &uri, 64)
+            .await
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.body.unwrap().bytes, "ok");
+        let key = Key { addr, tls: None };
+        // Pooled and open until the pod's close arrives; then a checkout
+        // notices it, drops the connection and finds none.
+        for _ in 0..500 {
+            match client.pool.checkout(&key) {
+                Some(open) => client.pool.checkin(key, open),
+                None => {
+                    let idle = client.pool.idle.lock().unwrap();
+                    assert!(idle.get(&key).is_none_or(Vec::is_empty));
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the pod's close was never noticed");
+    }
+
     #[test]
     fn host_leaves_out_the_default_port() {
         let host = |addr: &str, https| super::host(addr.parse().unwrap(), https);
