@@ -155,7 +155,7 @@ impl DeliveryReport {
             None => (None, false),
         };
         Self {
-            target: target.to_string(),
+            target: target.authority(),
             pod: pod_name(target),
             status: delivery.status.map(|status| status.as_u16()),
             attempts: delivery.attempts,

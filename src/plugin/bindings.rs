@@ -9,7 +9,6 @@
 //! HTTP message are refused as invalid output.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -183,7 +182,7 @@ impl<'a> LentHeaders<'a> {
 }
 
 /// A discovered pod lent to a hook call; `address` is its IP address as
-/// [`address`] writes it, `labels` what [`Pod::labels`] lists.
+/// [`ip_text`](crate::vocabulary::target::ip_text) writes it, `labels` what [`Pod::labels`] lists.
 pub(crate) fn target<'a>(
     target: &'a Pod,
     address: &'a str,
@@ -196,29 +195,6 @@ pub(crate) fn target<'a>(
         index: target.index as u32,
         labels,
     }
-}
-
-/// `ip` as text, e.g. `10.42.0.12` or `fd00::5`. IPv4 addresses are
-/// written by hand: this runs for every pod of every broadcast with
-/// plugins, and `to_string` costs several times more.
-pub(crate) fn address(ip: IpAddr) -> String {
-    let IpAddr::V4(ip) = ip else {
-        return ip.to_string();
-    };
-    let mut text = String::with_capacity(15);
-    for (position, octet) in ip.octets().into_iter().enumerate() {
-        if position > 0 {
-            text.push('.');
-        }
-        if octet >= 100 {
-            text.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            text.push(char::from(b'0' + octet / 10 % 10));
-        }
-        text.push(char::from(b'0' + octet % 10));
-    }
-    text
 }
 
 /// One pod's outcome lent to `aggregate`: `target` from [`target`] and
@@ -466,7 +442,6 @@ pub fn check_verdict(verdict: Verdict) -> Result<PluginVerdict, InvalidOutput> {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     use std::sync::Arc;
 
     use http::{HeaderMap, HeaderValue, Method};
@@ -525,16 +500,6 @@ mod tests {
         assert_eq!(&changed.body[..], b"[]");
         // An invalid patch is refused, whatever came before.
         assert!(patcher.apply(patch(Some(("via", "x")), None)).is_err());
-    }
-
-    #[test]
-    fn addresses_read_as_std_writes_them() {
-        for octet in 0..=255u8 {
-            let ip = IpAddr::V4(Ipv4Addr::new(octet, 255 - octet, octet / 7, 10));
-            assert_eq!(super::address(ip), ip.to_string());
-        }
-        let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5));
-        assert_eq!(super::address(v6), "fd00::5");
     }
 
     #[test]

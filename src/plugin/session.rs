@@ -192,7 +192,8 @@ impl Session {
             if addresses.len() <= target.index {
                 addresses.resize(target.index + 1, None);
             }
-            addresses[target.index].get_or_insert_with(|| bindings::address(target.addr.ip()));
+            addresses[target.index]
+                .get_or_insert_with(|| crate::vocabulary::target::ip_text(target.addr.ip()));
         }
         addresses
     }

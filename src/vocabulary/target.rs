@@ -1,7 +1,7 @@
 //! Targets: the pods one broadcast goes to, and where a route finds them.
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 /// One pod a broadcast is delivered to.
@@ -19,6 +19,21 @@ pub struct Target {
 }
 
 impl Target {
+    /// `ip:port` (IPv6 as `[ip]:port`), as [`Display`](fmt::Display)
+    /// writes it, but several times faster for IPv4: every broadcast's
+    /// report writes one for each pod.
+    pub fn authority(&self) -> String {
+        match self.addr {
+            SocketAddr::V4(addr) => {
+                let mut text = ip_text(IpAddr::V4(*addr.ip()));
+                text.push(':');
+                push_decimal(&mut text, addr.port());
+                text
+            }
+            SocketAddr::V6(_) => self.addr.to_string(),
+        }
+    }
+
     /// The pod's name, when the Kubernetes API gave one.
     pub fn pod_name(&self) -> Option<&str> {
         self.pod.as_ref()?.name.as_deref()
@@ -46,6 +61,35 @@ impl Target {
         labels.push(("serving", flag(pod.conditions.serving)));
         labels.push(("terminating", flag(pod.conditions.terminating)));
         labels
+    }
+}
+
+/// `ip` as text, e.g. `10.42.0.12` or `fd00::5`. IPv4 addresses are
+/// written by hand: this runs for every pod of every broadcast, and
+/// `to_string` costs several times more.
+pub fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(ip) = ip else {
+        return ip.to_string();
+    };
+    let mut text = String::with_capacity(21);
+    for (position, octet) in ip.octets().into_iter().enumerate() {
+        if position > 0 {
+            text.push('.');
+        }
+        push_decimal(&mut text, u16::from(octet));
+    }
+    text
+}
+
+/// Appends `number` in decimal.
+fn push_decimal(text: &mut String, number: u16) {
+    let mut divisor = 10_000;
+    while divisor > 1 && number < divisor {
+        divisor /= 10;
+    }
+    while divisor > 0 {
+        text.push(char::from(b'0' + (number / divisor % 10) as u8));
+        divisor /= 10;
     }
 }
 
@@ -187,6 +231,28 @@ impl fmt::Display for TargetSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn addresses_and_authorities_read_as_std_writes_them() {
+        let target = |addr: SocketAddr| Target {
+            addr,
+            service: None,
+            index: 0,
+            pod: None,
+        };
+        for octet in 0..=255u8 {
+            let ip = IpAddr::V4(Ipv4Addr::new(octet, 255 - octet, octet / 7, 10));
+            assert_eq!(ip_text(ip), ip.to_string());
+            for port in [0, 1, 9, 10, 99, 100, 999, 1000, 8080, 9999, 10000, 65535] {
+                let addr = SocketAddr::new(ip, port);
+                assert_eq!(target(addr).authority(), addr.to_string());
+            }
+        }
+        let v6 = IpAddr::V6(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5));
+        assert_eq!(ip_text(v6), "fd00::5");
+        assert_eq!(target(SocketAddr::new(v6, 80)).authority(), "[fd00::5]:80");
+    }
 
     #[test]
     fn labels_carry_what_the_api_said_about_the_pod() {
