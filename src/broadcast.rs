@@ -430,7 +430,8 @@ impl Broadcaster {
                 );
             }
             // Let the waiting handler write the answer before this task
-            // logs and records it: on this worker, the handler runs next.
+            // logs and records it: woken on this worker, it usually runs
+            // next.
             tokio::task::yield_now().await;
         }
         tracing::info!(

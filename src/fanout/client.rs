@@ -19,9 +19,10 @@
 //! is polled once first, which notices a pod's close while it was idle.
 //! So a delivery is one future in its broadcast's task, and a pod's answer
 //! wakes that task directly instead of a connection task that would then
-//! wake it (on a multi-threaded runtime every such hand-over may wake the
-//! other worker thread too: about 50 µs of an unloaded broadcast of 3
-//! pods, measured in `docs/performance.md`).
+//! wake it. On a multi-threaded runtime every such hand-over may also wake
+//! the other worker thread: in a bare fan-out to 3 pods, a task per pod
+//! cost about 55 µs of an unloaded broadcast's 92 µs
+//! (`bench/results/hot-path-third-round-20261207.md`).
 
 use std::collections::HashMap;
 use std::future::{Future, poll_fn};
@@ -168,8 +169,11 @@ impl Connection {
             }
             // Hand over what `work` queued, and read what arrived for it.
             if let Some(connection) = io
-                && Pin::new(connection).poll(cx).is_ready()
+                && let Poll::Ready(ended) = Pin::new(connection).poll(cx)
             {
+                if let Err(error) = ended {
+                    tracing::trace!(%error, "Pod connection ended with an error.");
+                }
                 *io = None;
             }
             work.as_mut().poll(cx)
@@ -178,7 +182,8 @@ impl Connection {
     }
 
     /// Polls the connection once, without waiting: an idle connection the
-    /// pod closed, or that failed, ends here. Whether it is still open.
+    /// pod closed, or that failed, ends here. Whether it is still open and
+    /// ready for a request (not, say, still writing the last one's body).
     fn still_open(&mut self) -> bool {
         let mut context = std::task::Context::from_waker(std::task::Waker::noop());
         if let Some(connection) = &mut self.io
@@ -186,7 +191,7 @@ impl Connection {
         {
             self.io = None;
         }
-        self.io.is_some() && !self.sender.is_closed()
+        self.io.is_some() && !self.sender.is_closed() && self.sender.is_ready()
     }
 }
 
@@ -244,12 +249,14 @@ impl Pool {
         });
     }
 
-    /// Closes every connection idle for longer than the timeout.
+    /// Closes every connection idle for longer than the timeout, and
+    /// drops those the pods closed.
     fn sweep(&self) {
         let timeout = self.idle_timeout();
         let mut idle = self.idle.lock().expect("pool lock");
         idle.retain(|_, connections| {
-            connections.retain(|idle| idle.since.elapsed() < timeout);
+            connections
+                .retain_mut(|idle| idle.since.elapsed() < timeout && idle.connection.still_open());
             !connections.is_empty()
         });
     }
