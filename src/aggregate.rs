@@ -172,15 +172,15 @@ impl DeliveryReport {
     pub fn pending(target: &Target) -> Self {
         Self {
             pod: pod_name(target),
-            ..Self::pending_at(target)
+            ..Self::pending_at(target.authority())
         }
     }
 
-    /// A delivery still running (or not started) to the pod at `address`,
-    /// whose name is not known.
-    pub fn pending_at(address: &impl std::fmt::Display) -> Self {
+    /// A delivery still running (or not started) to the pod at `address`
+    /// (`ip:port`), whose name is not known.
+    pub fn pending_at(address: String) -> Self {
         Self {
-            target: address.to_string(),
+            target: address,
             pod: None,
             status: None,
             attempts: 0,

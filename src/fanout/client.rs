@@ -239,7 +239,7 @@ impl Pool {
     /// Puts a connection whose exchange finished back, unless it ended
     /// or connections are not kept.
     fn checkin(&self, key: Key, mut connection: Connection) {
-        if !connection.still_open() || self.idle_timeout().is_zero() {
+        if self.idle_timeout().is_zero() || !connection.still_open() {
             return;
         }
         let mut idle = self.idle.lock().expect("pool lock");

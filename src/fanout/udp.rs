@@ -73,7 +73,7 @@ impl UdpSender {
         let mut deliveries: Vec<UdpDelivery> = targets
             .iter()
             .map(|target| UdpDelivery {
-                target: target.to_string(),
+                target: target.authority(),
                 datagrams: 0,
                 error: None,
             })

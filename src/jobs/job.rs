@@ -262,7 +262,7 @@ impl Job {
             .map(|pod| {
                 pod.result
                     .clone()
-                    .unwrap_or_else(|| DeliveryReport::pending_at(&pod.addr))
+                    .unwrap_or_else(|| DeliveryReport::pending_at(pod.addr.to_string()))
             })
             .collect()
     }

@@ -182,7 +182,8 @@ impl<'a> LentHeaders<'a> {
 }
 
 /// A discovered pod lent to a hook call; `address` is its IP address as
-/// [`ip_text`](crate::vocabulary::target::ip_text) writes it, `labels` what [`Pod::labels`] lists.
+/// [`ip_text`](crate::vocabulary::target::ip_text) writes it, `labels`
+/// what [`Pod::labels`] lists.
 pub(crate) fn target<'a>(
     target: &'a Pod,
     address: &'a str,

@@ -24,7 +24,7 @@ use crate::config::{Instances, OnError};
 use crate::telemetry;
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::delivery::Delivery;
-use crate::vocabulary::target::Target;
+use crate::vocabulary::target::{Target, ip_text};
 
 /// A plugin failed and its policy is `fail-closed`: the broadcast answers
 /// 502 with this message.
@@ -192,8 +192,7 @@ impl Session {
             if addresses.len() <= target.index {
                 addresses.resize(target.index + 1, None);
             }
-            addresses[target.index]
-                .get_or_insert_with(|| crate::vocabulary::target::ip_text(target.addr.ip()));
+            addresses[target.index].get_or_insert_with(|| ip_text(target.addr.ip()));
         }
         addresses
     }
