@@ -1,16 +1,17 @@
 //! One broadcast from discovered targets to its report.
 //!
-//! Each broadcast runs in its own task, tracked for shutdown, so it never
-//! depends on the client staying connected: if the client goes away, the
-//! deliveries still finish and the outcome is still logged and counted.
-//! The handler waits for the answer on a channel. With an early-answering
-//! policy (`first`), the answer is sent as soon as the policy is met, and
-//! the task keeps running until every delivery has its outcome. With
-//! `mode = "async"` nobody waits for the answer at all.
+//! A broadcast is a future tracked for shutdown, run by the handler that
+//! waits for its answer ([`Started::verdict`]) until the answer is ready.
+//! It never depends on the client staying connected: what is left when
+//! the answer is ready (the log line and the job's last write, deliveries
+//! after an early answer such as policy `first`'s) or when the client goes
+//! away goes on in a task of its own, so every delivery still finishes
+//! and the outcome is still logged and counted. With `mode = "async"`
+//! nobody waits for the answer at all.
 //!
 //! When a route has `report_to`, the final report is POSTed to that
-//! collector from the same task ([`report_to`]), so shutdown waits for it
-//! like for the deliveries. UDP broadcasts are sent by `udp`.
+//! collector by the broadcast itself ([`report_to`]), so shutdown waits
+//! for it like for the deliveries. UDP broadcasts are sent by `udp`.
 //!
 //! Every HTTP broadcast is a job ([`crate::jobs`]): stored before it
 //! starts (so before an async route's 202), with each pod's outcome and
@@ -20,12 +21,15 @@
 mod in_flight;
 mod job;
 pub mod report_to;
+mod started;
 mod udp;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -46,6 +50,8 @@ use crate::plugin::{PluginFailure, Session, run_plugins};
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::target::Target;
 use in_flight::InFlight;
+use started::HandOver;
+pub use started::Started;
 
 /// Runs broadcasts: discovery, fan-out and aggregation, with the state they
 /// share (DNS cache, HTTP client pool, running tasks).
@@ -70,24 +76,6 @@ struct Shared {
     sequence: AtomicU64,
     deliveries: DeliveryBudget,
     jobs: Arc<Jobs>,
-}
-
-/// A broadcast that is running; its verdict comes through
-/// [`Started::verdict`].
-pub struct Started {
-    /// How many pods it goes to.
-    pub targets: usize,
-    verdict: oneshot::Receiver<Verdict>,
-}
-
-impl Started {
-    /// Waits until the route's policy (or aggregate plugin) allows an
-    /// answer: the verdict, early for a policy that answers early.
-    pub async fn verdict(self) -> Verdict {
-        self.verdict
-            .await
-            .expect("a broadcast task always sends its verdict")
-    }
 }
 
 /// Why a broadcast did not start: nothing was sent to any pod.
@@ -285,20 +273,16 @@ impl Broadcaster {
             &prepared.requests,
         );
         self.shared.jobs.create(&mut job).await?;
+        endpoint.metrics.jobs.accepted();
         let (verdict, judged) = oneshot::channel();
         let span = tracing::info_span!("broadcast", route = %endpoint.route.name, id = %id);
         let this = Arc::clone(self);
-        self.shared.tasks.spawn(
-            async move {
-                this.run(endpoint, job, prepared, started, verdict).await;
-                drop(admitted);
-            }
-            .instrument(span),
-        );
-        Ok(Started {
-            targets: count,
-            verdict: judged,
-        })
+        let run = async move {
+            this.run(endpoint, job, prepared, started, verdict).await;
+            drop(admitted);
+        };
+        let run: BoxFuture<'static, ()> = Box::pin(run.instrument(span));
+        Ok(Started::new(&id, count, judged, run, &self.shared.tasks))
     }
 
     /// Finds the route's pods and runs its plugins over them.
@@ -355,9 +339,14 @@ impl Broadcaster {
         let key = self.shared.next_key.fetch_add(1, Ordering::Relaxed);
         let _registered = InFlight::register(&self.shared.in_flight, key, &id, &route.name);
         endpoint.metrics.broadcast_started(targets.len());
-        let recorder = job::Tracked::new(Arc::clone(&self.shared.jobs), job, false)
-            .start()
-            .await;
+        let recorder = job::Tracked::new(
+            Arc::clone(&self.shared.jobs),
+            job,
+            endpoint.metrics.jobs.clone(),
+            false,
+        )
+        .start()
+        .await;
 
         let mut outcomes: Vec<Option<Delivery>> = vec![None; targets.len()];
         let mut answer = Some(answer);
@@ -400,8 +389,14 @@ impl Broadcaster {
                 let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
                 tracing::debug!(pending = report.pending, "Policy met; answering early.");
                 let early = Verdict::by_policy(report, route.policy);
-                if sender.send(early).is_err() && route.mode == Mode::Sync {
-                    tracing::info!("The client left before the answer.");
+                match sender.send(early) {
+                    // The handler answers now; the deliveries go on in a
+                    // task of their own.
+                    Ok(()) => HandOver::default().await,
+                    Err(_) if route.mode == Mode::Sync => {
+                        tracing::info!("The client left before the answer.");
+                    }
+                    Err(_) => {}
                 }
             }
         }
@@ -424,15 +419,17 @@ impl Broadcaster {
         // log line written after it.
         endpoint.metrics.broadcast_finished(report.ok, elapsed);
         if let Some(sender) = answer {
-            if sender.send(verdict).is_err() && route.mode == Mode::Sync {
-                tracing::info!(
+            match sender.send(verdict) {
+                // Taken by the handler, which polls this future: it
+                // answers now, and hands the rest (the log line, the job's
+                // last write) to a task of its own, which runs once the
+                // answer is written.
+                Ok(()) => HandOver::default().await,
+                Err(_) if route.mode == Mode::Sync => tracing::info!(
                     "The client left before the answer; the broadcast completed anyway."
-                );
+                ),
+                Err(_) => {}
             }
-            // Let the waiting handler write the answer before this task
-            // logs and records it: woken on this worker, it usually runs
-            // next.
-            tokio::task::yield_now().await;
         }
         tracing::info!(
             ok = report.ok,

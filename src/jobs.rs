@@ -269,13 +269,8 @@ impl Jobs {
             });
         }
         job.owner = self.owner.clone();
-        let result = self
-            .timed("create", self.store.create(job, self.max_pending))
-            .await;
-        if result.is_ok() {
-            telemetry::job_accepted(&job.route);
-        }
-        result
+        self.timed("create", self.store.create(job, self.max_pending))
+            .await
     }
 
     /// Records a job's progress; errors are logged and counted here

@@ -14,7 +14,9 @@
 //!    `max_targets` are refused);
 //! 3. [`plugin`] runs the route's Wasm plugins: they may narrow the targets
 //!    and change each pod's copy of the request;
-//! 4. [`broadcast`] runs the broadcast in its own task, where [`fanout`]
+//! 4. [`broadcast`] runs the broadcast in the handler's task up to the
+//!    answer, and in a task of its own after it or once the client
+//!    leaves, while [`fanout`]
 //!    delivers to every pod concurrently with timeouts, retries, a
 //!    concurrency cap and a deadline ([`tls`] for `scheme = "https"` pods);
 //! 5. [`aggregate`] judges the outcomes, by the route's policy or its

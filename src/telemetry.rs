@@ -10,7 +10,7 @@ mod route;
 mod writer;
 
 pub use refusals::{SUMMARY_INTERVAL, refused};
-pub use route::RouteMetrics;
+pub use route::{JobMetrics, RouteMetrics};
 pub use writer::LogGuard;
 
 use std::sync::OnceLock;
@@ -288,27 +288,6 @@ pub fn plugin_failure(route: &str, plugin: &str, cause: &'static str) {
 pub fn config_reloaded(outcome: &'static str, version: u64) {
     counter!(CONFIG_RELOADS, "outcome" => outcome).increment(1);
     gauge!(CONFIG_VERSION).set(version as f64);
-}
-
-/// A job was stored before its broadcast was answered.
-pub fn job_accepted(route: &str) {
-    counter!(JOBS, "route" => route.to_owned(), "event" => "accepted").increment(1);
-}
-
-/// This router started (`resumed`: took over) working on a job.
-pub fn job_running(route: &str, resumed: bool) {
-    gauge!(JOBS_RUNNING).increment(1.0);
-    if resumed {
-        counter!(JOBS, "route" => route.to_owned(), "event" => "resumed").increment(1);
-    }
-}
-
-/// This router stopped working on a job (`done`: it is finished).
-pub fn job_stopped(route: &str, done: bool) {
-    gauge!(JOBS_RUNNING).decrement(1.0);
-    if done {
-        counter!(JOBS, "route" => route.to_owned(), "event" => "done").increment(1);
-    }
 }
 
 /// The job store's operation timings, with their handles resolved once

@@ -1,7 +1,8 @@
 //! The job status API and the bounds, through the real router: async
 //! answers point at their job, a job reads as accepted/running/done with
 //! per-pod progress and the final report, unknown ids are 404 JSON, the
-//! listing filters, the route's tokens guard its jobs, `max_pending` is a
+//! listing filters, a broadcast whose client left still finishes and is
+//! recorded, the route's tokens guard its jobs, `max_pending` is a
 //! 429 before anything is sent, and a store that cannot write is a 503,
 //! never a 202 that is then lost.
 
@@ -68,6 +69,45 @@ async fn an_async_broadcast_is_a_job_readable_until_done() {
     assert_eq!(done["report"]["succeeded"], 2);
     assert_eq!(done["report"]["results"].as_array().unwrap().len(), 2);
     assert!(done["finished_at"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_leaves_does_not_cancel_its_broadcast() {
+    let gate = Gate::new();
+    let pods = Pods::start(250, &[Behaviour::Ok, Behaviour::Gated(gate.clone())]).await;
+    let router = TestRouter::start(&config(&pods, "", "")).await;
+    let id = "client-left";
+
+    // The client gives up while one pod holds the broadcast.
+    let left = router
+        .client()
+        .post(format!("{}/purge", router.url))
+        .header("x-broadcast-id", id)
+        .body("x")
+        .timeout(std::time::Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(left.is_err_and(|error| error.is_timeout()));
+
+    let location = format!("/broadcasts/{id}");
+    let running = eventually("the pod that answered is recorded", || async {
+        let (_, job) = get(&router, &location).await;
+        (job["progress"]["finished"] == 1).then_some(job)
+    })
+    .await;
+    assert_eq!(running["state"], "running", "{running}");
+
+    gate.open();
+    let done = eventually("the broadcast finished without its client", || async {
+        let (_, job) = get(&router, &location).await;
+        (job["state"] == "done").then_some(job)
+    })
+    .await;
+    assert_eq!(done["report"]["ok"], true, "{done}");
+    assert_eq!(done["report"]["succeeded"], 2);
+    for pod in &pods.pods {
+        assert_eq!(pod.count(), 1, "{} got its copy once", pod.addr);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -21,7 +21,7 @@ use crate::jobs::{Job, JobState, Jobs, StoreError, now_ms};
 use crate::jobs::{ReportDelivery, ReportState};
 use crate::load::Endpoint;
 use crate::route::{ReportTo, Route};
-use crate::telemetry;
+use crate::telemetry::{self, JobMetrics};
 use crate::vocabulary::delivery::{Delivery, ErrorKind, PodRequest};
 use crate::vocabulary::policy::Policy;
 use crate::vocabulary::target::Target;
@@ -33,18 +33,20 @@ pub(super) struct Tracked {
     /// Another router took the job over: stop delivering, writing and
     /// reporting.
     lost: Arc<AtomicBool>,
+    metrics: JobMetrics,
     /// A later broadcast with the same id replaced the job: this run goes
     /// on (deliveries, report) but is no longer recorded.
     superseded: bool,
 }
 
 impl Tracked {
-    pub(super) fn new(jobs: Arc<Jobs>, job: Job, resumed: bool) -> Self {
-        telemetry::job_running(&job.route, resumed);
+    pub(super) fn new(jobs: Arc<Jobs>, job: Job, metrics: JobMetrics, resumed: bool) -> Self {
+        metrics.running(resumed);
         Self {
             jobs,
             job,
             lost: Arc::default(),
+            metrics,
             superseded: false,
         }
     }
@@ -85,7 +87,7 @@ impl Tracked {
             return Recorder {
                 sink: Sink::AtOnce {
                     tracked: Box::new(std::sync::Mutex::new((self, true))),
-                    write_from: Instant::now() + PROGRESS_DELAY,
+                    write_from: progress_deadline(Instant::now()),
                 },
                 lost,
             };
@@ -122,7 +124,7 @@ impl Tracked {
         report: Report,
     ) {
         if self.is_lost() {
-            telemetry::job_stopped(&self.job.route, false);
+            self.metrics.stopped(false);
             return;
         }
         // Encoded only for a collector.
@@ -144,7 +146,7 @@ impl Tracked {
             });
             self.save().await;
             if self.is_lost() {
-                telemetry::job_stopped(&self.job.route, false);
+                self.metrics.stopped(false);
                 return;
             }
             let left = Duration::from_millis(give_up_ms.saturating_sub(now_ms()));
@@ -168,9 +170,9 @@ impl Tracked {
         }
         self.job.state = JobState::Done;
         self.job.finished_ms = Some(now_ms());
-        let route = self.job.route.clone();
+        let metrics = self.metrics.clone();
         let done = self.save_last().await;
-        telemetry::job_stopped(&route, done);
+        metrics.stopped(done);
     }
 
     /// The job's last write, handing it to the store; whether this router
@@ -208,8 +210,26 @@ pub(super) struct Recorder {
 }
 
 /// How far into a broadcast the memory store's first progress write
-/// waits (see [`Recorder::next`]).
+/// waits at least (see [`Recorder::next`]).
 const PROGRESS_DELAY: Duration = Duration::from_millis(5);
+
+/// The grid progress deadlines are rounded up to.
+const PROGRESS_GRID: Duration = Duration::from_millis(8);
+
+/// When a broadcast started at `now` may write its first progress:
+/// [`PROGRESS_DELAY`] later, rounded up to the next [`PROGRESS_GRID`]
+/// step since the process started. Broadcasts a few milliseconds apart
+/// share a deadline, so arming the timer seldom moves the runtime's next
+/// wake-up earlier: that would wake the thread waiting for I/O, once per
+/// broadcast.
+fn progress_deadline(now: Instant) -> Instant {
+    static ORIGIN: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| now);
+    let grid = PROGRESS_GRID.as_nanos();
+    let due = (now + PROGRESS_DELAY).duration_since(origin).as_nanos();
+    let steps = due.div_ceil(grid);
+    origin + Duration::from_nanos(u64::try_from(steps * grid).unwrap_or(u64::MAX))
+}
 
 /// Where a [`Recorder`] writes outcomes.
 enum Sink {
@@ -217,8 +237,7 @@ enum Sink {
     /// [`Recorder::flush`] (a map insert), with whether some are unwritten.
     AtOnce {
         tracked: Box<std::sync::Mutex<(Tracked, bool)>>,
-        /// No progress is written before this ([`PROGRESS_DELAY`] into
-        /// the deliveries).
+        /// No progress is written before this ([`progress_deadline`]).
         write_from: Instant,
     },
     /// A store with round trips: by a writer task beside the deliveries.
@@ -283,8 +302,9 @@ impl Recorder {
     /// The next item of `outcomes`; when none is ready, what was recorded
     /// so far is [flushed](Self::flush) before waiting.
     /// With the memory store, progress is written no earlier than
-    /// [`PROGRESS_DELAY`] into the broadcast: one that finishes sooner is
-    /// written twice (accepted, done), not once per outcome as well.
+    /// [`progress_deadline`] (5 to 13 ms into the broadcast): one that
+    /// finishes sooner is written twice (accepted, done), not once per
+    /// outcome as well.
     pub(super) async fn next<S>(&self, outcomes: &mut S) -> Option<S::Item>
     where
         S: futures_util::Stream + Unpin,
@@ -345,7 +365,11 @@ impl Broadcaster {
                 let _registered = InFlight::register(&this.shared.in_flight, key, &job.id, &route);
                 let pending = job.pods.iter().filter(|pod| pod.result.is_none()).count();
                 tracing::info!(pending, targets = job.pods.len(), "Resuming an unfinished broadcast.");
-                let tracked = Tracked::new(Arc::clone(&this.shared.jobs), job, true);
+                let metrics = endpoint.as_ref().map_or_else(
+                    || JobMetrics::new(&job.route),
+                    |endpoint| endpoint.metrics.jobs.clone(),
+                );
+                let tracked = Tracked::new(Arc::clone(&this.shared.jobs), job, metrics, true);
                 let Some(endpoint) = endpoint else {
                     tracing::error!("The broadcast's route is no longer configured; closing its job with the pods it reached.");
                     let report = report_of(&tracked.job, None);
@@ -438,4 +462,22 @@ fn report_of(job: &Job, route: Option<&Route>) -> Report {
     }
     let policy = route.map_or_else(Policy::default, |route| route.policy);
     Report::from_results(&job.id, &job.route, policy, job.results())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_deadlines_are_late_enough_and_shared() {
+        let now = Instant::now();
+        let due = progress_deadline(now);
+        assert!(due >= now + PROGRESS_DELAY);
+        assert!(due < now + PROGRESS_DELAY + PROGRESS_GRID);
+        // A broadcast started a little earlier, within the same step,
+        // shares the deadline.
+        let earlier = due - PROGRESS_DELAY - Duration::from_micros(1);
+        assert_eq!(progress_deadline(earlier), due);
+        assert!(progress_deadline(due) > due);
+    }
 }

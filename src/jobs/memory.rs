@@ -38,11 +38,16 @@ struct Map {
 }
 
 impl Map {
-    /// Stores `job`, keeping the indexes and the size, and forgets the
-    /// oldest finished jobs while the store is over `limit`: a few per
-    /// write, rather than a second's worth at once in
+    /// Stores `job`, keeping the indexes and the size, and, when `job` is
+    /// finished, forgets the oldest finished jobs while the store is over
+    /// `limit`: a few per write, rather than a second's worth at once in
     /// [`MemoryStore::sweep`] (which would hold the lock for milliseconds
-    /// under load).
+    /// under load). Only a finished job's write forgets: that is a
+    /// broadcast's last write, made after its client was answered, while
+    /// the first is made before any pod receives its copy. The store is
+    /// over its limit by the unfinished jobs at most (`max_pending` bounds
+    /// how many there are); finished jobs written before that many
+    /// unfinished ones are forgotten by the next finished write or sweep.
     fn put(&mut self, job: Job, limit: u64) {
         // An estimate: no write of a broadcast encodes the whole job.
         let size = job.estimated_size();
@@ -57,11 +62,11 @@ impl Map {
         self.size += size;
         if let Some(finished) = finished {
             self.finished.insert((finished, id));
+            while self.size > limit && !self.finished.is_empty() {
+                self.remove_oldest();
+            }
         } else {
             self.unfinished.insert(id);
-        }
-        while self.size > limit && !self.finished.is_empty() {
-            self.remove_oldest();
         }
     }
 

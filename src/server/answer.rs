@@ -76,6 +76,7 @@ pub(super) async fn http(
         .await?;
     if route.mode == Mode::Async {
         let targets = started.targets;
+        started.detach();
         let accepted = Accepted {
             id: id.to_owned(),
             route: route.name.to_string(),

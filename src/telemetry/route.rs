@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use metrics::{Counter, Histogram, counter, gauge, histogram};
+use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
 
 use super::{
     BROADCAST_DURATION, BROADCAST_TARGETS, BROADCASTS, BROADCASTS_IN_FLIGHT, DELIVERIES,
-    DELIVERY_ATTEMPTS, DELIVERY_DURATION,
+    DELIVERY_ATTEMPTS, DELIVERY_DURATION, JOBS, JOBS_RUNNING,
 };
 
 /// One route's metric handles. Handles made before the recorder is
@@ -17,6 +17,9 @@ use super::{
 #[derive(Debug, Clone)]
 pub struct RouteMetrics {
     route: String,
+    /// The route's job events.
+    pub jobs: JobMetrics,
+    in_flight: Gauge,
     targets: Histogram,
     succeeded: Counter,
     failed: Counter,
@@ -32,6 +35,8 @@ impl RouteMetrics {
         let label = || route.to_owned();
         Self {
             route: route.to_owned(),
+            jobs: JobMetrics::new(route),
+            in_flight: gauge!(BROADCASTS_IN_FLIGHT),
             targets: histogram!(BROADCAST_TARGETS, "route" => label()),
             succeeded: counter!(BROADCASTS, "route" => label(), "outcome" => "ok"),
             failed: counter!(BROADCASTS, "route" => label(), "outcome" => "failed"),
@@ -44,13 +49,13 @@ impl RouteMetrics {
 
     /// A broadcast started fanning out to `targets` pods.
     pub fn broadcast_started(&self, targets: usize) {
-        gauge!(BROADCASTS_IN_FLIGHT).increment(1.0);
+        self.in_flight.increment(1.0);
         self.targets.record(targets as f64);
     }
 
     /// A broadcast's last delivery finished.
     pub fn broadcast_finished(&self, ok: bool, elapsed: Duration) {
-        gauge!(BROADCASTS_IN_FLIGHT).decrement(1.0);
+        self.in_flight.decrement(1.0);
         if ok {
             self.succeeded.increment(1);
         } else {
@@ -68,5 +73,49 @@ impl RouteMetrics {
         }
         self.attempts.increment(u64::from(attempts));
         self.delivery_duration.record(elapsed.as_secs_f64());
+    }
+}
+
+/// A route's job events, with their handles resolved once.
+#[derive(Debug, Clone)]
+pub struct JobMetrics {
+    running: Gauge,
+    accepted: Counter,
+    resumed: Counter,
+    done: Counter,
+}
+
+impl JobMetrics {
+    /// The handles of route `route`'s jobs.
+    pub fn new(route: &str) -> Self {
+        let event =
+            |event: &'static str| counter!(JOBS, "route" => route.to_owned(), "event" => event);
+        Self {
+            running: gauge!(JOBS_RUNNING),
+            accepted: event("accepted"),
+            resumed: event("resumed"),
+            done: event("done"),
+        }
+    }
+
+    /// A job was stored before its broadcast was answered.
+    pub fn accepted(&self) {
+        self.accepted.increment(1);
+    }
+
+    /// This router started (`resumed`: took over) working on a job.
+    pub fn running(&self, resumed: bool) {
+        self.running.increment(1.0);
+        if resumed {
+            self.resumed.increment(1);
+        }
+    }
+
+    /// This router stopped working on a job (`done`: it is finished).
+    pub fn stopped(&self, done: bool) {
+        self.running.decrement(1.0);
+        if done {
+            self.done.increment(1);
+        }
     }
 }
