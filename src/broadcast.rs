@@ -29,12 +29,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use crate::aggregate::{Report, Verdict};
 use crate::config::{DnsConfig, KubernetesConfig, Mode};
@@ -50,7 +47,6 @@ use crate::plugin::{PluginFailure, Session, run_plugins};
 use crate::vocabulary::blame::Blame;
 use crate::vocabulary::target::Target;
 use in_flight::InFlight;
-use started::HandOver;
 pub use started::Started;
 
 /// Runs broadcasts: discovery, fan-out and aggregation, with the state they
@@ -281,8 +277,7 @@ impl Broadcaster {
             this.run(endpoint, job, prepared, started, verdict).await;
             drop(admitted);
         };
-        let run: BoxFuture<'static, ()> = Box::pin(run.instrument(span));
-        Ok(Started::new(&id, count, judged, run, &self.shared.tasks))
+        Ok(Started::new(span, count, judged, run, &self.shared.tasks))
     }
 
     /// Finds the route's pods and runs its plugins over them.
@@ -389,14 +384,9 @@ impl Broadcaster {
                 let report = Report::new(&id, &route.name, route.policy, &targets, &outcomes);
                 tracing::debug!(pending = report.pending, "Policy met; answering early.");
                 let early = Verdict::by_policy(report, route.policy);
-                match sender.send(early) {
-                    // The handler answers now; the deliveries go on in a
-                    // task of their own.
-                    Ok(()) => HandOver::default().await,
-                    Err(_) if route.mode == Mode::Sync => {
-                        tracing::info!("The client left before the answer.");
-                    }
-                    Err(_) => {}
+                // Taken, the deliveries go on in a task of their own.
+                if !started::answer(sender, early).await && route.mode == Mode::Sync {
+                    tracing::info!("The client left before the answer.");
                 }
             }
         }
@@ -418,18 +408,13 @@ impl Broadcaster {
         // Counted before the answer (what a client sees is counted), the
         // log line written after it.
         endpoint.metrics.broadcast_finished(report.ok, elapsed);
-        if let Some(sender) = answer {
-            match sender.send(verdict) {
-                // Taken by the handler, which polls this future: it
-                // answers now, and hands the rest (the log line, the job's
-                // last write) to a task of its own, which runs once the
-                // answer is written.
-                Ok(()) => HandOver::default().await,
-                Err(_) if route.mode == Mode::Sync => tracing::info!(
-                    "The client left before the answer; the broadcast completed anyway."
-                ),
-                Err(_) => {}
-            }
+        // Taken, the rest (the log line, the job's last write) runs in a
+        // task of its own once the answer is written.
+        if let Some(sender) = answer
+            && !started::answer(sender, verdict).await
+            && route.mode == Mode::Sync
+        {
+            tracing::info!("The client left before the answer; the broadcast completed anyway.");
         }
         tracing::info!(
             ok = report.ok,

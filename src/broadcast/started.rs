@@ -10,6 +10,7 @@ use futures_util::future::BoxFuture;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 use tokio_util::task::task_tracker::TrackedFuture;
+use tracing::{Instrument, Span};
 
 use crate::aggregate::Verdict;
 
@@ -24,8 +25,8 @@ use crate::aggregate::Verdict;
 pub struct Started {
     /// How many pods it goes to.
     pub targets: usize,
-    /// The broadcast id, for the log.
-    id: String,
+    /// The broadcast's span (its route and id), for the log.
+    span: Span,
     verdict: oneshot::Receiver<Verdict>,
     /// The broadcast until it finishes or is handed to a task.
     run: Option<Run>,
@@ -36,18 +37,19 @@ pub struct Started {
 type Run = Pin<Box<TrackedFuture<BoxFuture<'static, ()>>>>;
 
 impl Started {
-    /// Broadcast `id` to `targets` pods, which sends its verdict on
-    /// `verdict`; `run` is counted by `tasks` (the shutdown drain) until
-    /// it is done.
+    /// The broadcast `run`, in `span`, to `targets` pods; it sends its
+    /// verdict on `verdict` with [`answer`], and is counted by `tasks`
+    /// (the shutdown drain) until it is done.
     pub(super) fn new(
-        id: &str,
+        span: Span,
         targets: usize,
         verdict: oneshot::Receiver<Verdict>,
-        run: BoxFuture<'static, ()>,
+        run: impl Future<Output = ()> + Send + 'static,
         tasks: &TaskTracker,
     ) -> Self {
+        let run: BoxFuture<'static, ()> = Box::pin(run.instrument(span.clone()));
         Self {
-            id: id.to_owned(),
+            span,
             targets,
             verdict,
             run: Some(Box::pin(tasks.track_future(run))),
@@ -94,13 +96,28 @@ impl Drop for Started {
                     self.tasks.spawn_on(run, &runtime);
                 }
                 // Only while the process exits: nothing could run it.
-                Err(_) => tracing::error!(
-                    id = %self.id,
-                    "No runtime is left to finish the broadcast; its remaining deliveries are abandoned."
-                ),
+                Err(_) => self.span.in_scope(|| {
+                    tracing::error!(
+                        "No runtime is left to finish the broadcast; its remaining deliveries are abandoned."
+                    );
+                }),
             }
         }
     }
+}
+
+/// Sends a broadcast's verdict to the handler waiting in
+/// [`Started::verdict`]; whether it was taken (not: the client left, or
+/// the route is `async`). When it was, this returns once the rest of the
+/// broadcast runs in a task of its own, after the answer is written.
+pub(super) async fn answer(sender: oneshot::Sender<Verdict>, verdict: Verdict) -> bool {
+    if sender.send(verdict).is_err() {
+        return false;
+    }
+    // Sent, so the handler polls this broadcast (`Drop` closes the
+    // channel before handing it to a task): the hand-over is next.
+    HandOver::default().await;
+    true
 }
 
 /// Pending once, without waking anybody: where a broadcast polled by
@@ -110,7 +127,7 @@ impl Drop for Started {
 /// handler's task as well: one more wake-up of another worker per
 /// broadcast.)
 #[derive(Default)]
-pub(super) struct HandOver {
+struct HandOver {
     polled: bool,
 }
 
@@ -151,11 +168,10 @@ mod tests {
         let finished = Arc::new(AtomicBool::new(false));
         let done = Arc::clone(&finished);
         let run = async move {
-            assert!(sender.send(verdict()).is_ok(), "the handler waits");
-            HandOver::default().await;
+            assert!(answer(sender, verdict()).await, "the handler waits");
             done.store(true, Ordering::SeqCst);
         };
-        let started = Started::new("id", 0, receiver, Box::pin(run), &tasks);
+        let started = Started::new(Span::none(), 0, receiver, run, &tasks);
         let answered = started.verdict().now_or_never();
         assert!(answered.is_some(), "the verdict comes at the first poll");
         assert!(
@@ -177,10 +193,10 @@ mod tests {
         let run = async move {
             gate.await.expect("opened");
             // Nobody waits any more: no hand-over, the broadcast goes on.
-            assert!(sender.send(verdict()).is_err());
+            assert!(!answer(sender, verdict()).await);
             done.store(true, Ordering::SeqCst);
         };
-        let started = Started::new("id", 0, receiver, Box::pin(run), &tasks);
+        let started = Started::new(Span::none(), 0, receiver, run, &tasks);
         assert!(started.verdict().now_or_never().is_none());
         open.send(()).expect("the broadcast waits");
         tasks.close();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{DeliveryReport, Report};
 use crate::vocabulary::delivery::PodRequest;
-use crate::vocabulary::target::Target;
+use crate::vocabulary::target::{Target, authority};
 
 /// Where a job is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -262,7 +262,7 @@ impl Job {
             .map(|pod| {
                 pod.result
                     .clone()
-                    .unwrap_or_else(|| DeliveryReport::pending_at(pod.addr.to_string()))
+                    .unwrap_or_else(|| DeliveryReport::pending_at(authority(pod.addr)))
             })
             .collect()
     }

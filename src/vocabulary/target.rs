@@ -19,19 +19,9 @@ pub struct Target {
 }
 
 impl Target {
-    /// `ip:port` (IPv6 as `[ip]:port`), as [`Display`](fmt::Display)
-    /// writes it, but several times faster for IPv4: every broadcast's
-    /// report writes one for each pod.
+    /// The pod's [`authority`].
     pub fn authority(&self) -> String {
-        match self.addr {
-            SocketAddr::V4(addr) => {
-                let mut text = ip_text(IpAddr::V4(*addr.ip()));
-                text.push(':');
-                push_decimal(&mut text, addr.port());
-                text
-            }
-            SocketAddr::V6(_) => self.addr.to_string(),
-        }
+        authority(self.addr)
     }
 
     /// The pod's name, when the Kubernetes API gave one.
@@ -61,6 +51,21 @@ impl Target {
         labels.push(("serving", flag(pod.conditions.serving)));
         labels.push(("terminating", flag(pod.conditions.terminating)));
         labels
+    }
+}
+
+/// `addr` as `ip:port` (IPv6 as `[ip]:port`), as
+/// [`Display`](fmt::Display) writes it, but several times faster for
+/// IPv4: every broadcast's report writes one for each pod.
+pub fn authority(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => {
+            let mut text = ip_text(IpAddr::V4(*v4.ip()));
+            text.push(':');
+            push_decimal(&mut text, v4.port());
+            text
+        }
+        SocketAddr::V6(_) => addr.to_string(),
     }
 }
 
